@@ -1,0 +1,178 @@
+//! Line to command: what a client's line, or an operator's console line, asks for. Pure.
+//!
+//! # Format
+//!
+//! A line starting with `/` is a command (`/nick bob`); anything else is a message. `//x`
+//! sends the message `/x`. The exit words of the coursework clients (`exit()`, `exit`, `:q`,
+//! `#LOGOUT`, `salir`) work alone on a line, in any case, like `/quit`.
+
+/// What a client asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// A message for the room.
+    Say(&'a str),
+    /// An action: `/me waves` shows as `* alice waves`.
+    Me(&'a str),
+    Nick(&'a str),
+    Who,
+    Msg {
+        to: &'a str,
+        text: &'a str,
+    },
+    Help,
+    Quit,
+    /// A `/word` that is not a command.
+    Unknown(&'a str),
+    /// A command without the argument it needs; holds the usage to show.
+    Usage(&'static str),
+}
+
+/// What the operator typed on the server's console.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConsoleCommand<'a> {
+    /// Text for every client, shown as `SERVER: text`.
+    Say(&'a str),
+    Who,
+    Kick(&'a str),
+    Shutdown,
+    Help,
+    Unknown(&'a str),
+    Usage(&'static str),
+}
+
+/// The words that end a session, from the coursework clients this server replaces.
+pub const EXIT_WORDS: [&str; 6] = ["exit()", "exit", ":q", "#LOGOUT", "salir", "/quit"];
+
+/// Whether a line is an exit word: alone on the line, in any case.
+pub fn is_exit_word(line: &str) -> bool {
+    let word = line.trim();
+    EXIT_WORDS.iter().any(|w| w.eq_ignore_ascii_case(word))
+}
+
+pub const USAGE_NICK: &str = "/nick NAME";
+pub const USAGE_MSG: &str = "/msg NAME TEXT";
+pub const USAGE_ME: &str = "/me TEXT";
+pub const USAGE_KICK: &str = "/kick NAME";
+
+/// Parses a client's line (already cleaned and not blank).
+pub fn parse(line: &str) -> Command<'_> {
+    if is_exit_word(line) {
+        return Command::Quit;
+    }
+    let Some((name, rest)) = split_command(line) else {
+        return Command::Say(unescape(line));
+    };
+    let arg = rest.trim();
+    // Commands are rare next to messages: a lowercase copy of the name costs nothing here.
+    match name.to_ascii_lowercase().as_str() {
+        "nick" => one_word(arg).map_or(Command::Usage(USAGE_NICK), Command::Nick),
+        "who" => Command::Who,
+        "msg" => match arg.split_once(char::is_whitespace) {
+            Some((to, text)) => Command::Msg {
+                to,
+                text: text.trim_start(),
+            },
+            None => Command::Usage(USAGE_MSG),
+        },
+        "me" if arg.is_empty() => Command::Usage(USAGE_ME),
+        "me" => Command::Me(rest.trim_start()),
+        "help" => Command::Help,
+        "quit" => Command::Quit,
+        _ => Command::Unknown(name),
+    }
+}
+
+/// Parses a line typed on the operator console.
+pub fn parse_console(line: &str) -> ConsoleCommand<'_> {
+    let Some((name, rest)) = split_command(line) else {
+        return ConsoleCommand::Say(unescape(line));
+    };
+    let arg = rest.trim();
+    match name.to_ascii_lowercase().as_str() {
+        "who" => ConsoleCommand::Who,
+        "kick" => one_word(arg).map_or(ConsoleCommand::Usage(USAGE_KICK), ConsoleCommand::Kick),
+        "shutdown" => ConsoleCommand::Shutdown,
+        "help" => ConsoleCommand::Help,
+        _ => ConsoleCommand::Unknown(name),
+    }
+}
+
+/// Splits `/name rest` into its parts; `None` for messages, including `//escaped` ones.
+fn split_command(line: &str) -> Option<(&str, &str)> {
+    let body = line.trim_start().strip_prefix('/')?;
+    if body.starts_with('/') || body.is_empty() || body.starts_with(char::is_whitespace) {
+        return None;
+    }
+    Some(body.split_once(char::is_whitespace).unwrap_or((body, "")))
+}
+
+/// `//text` is the escape for a message that starts with a slash.
+fn unescape(line: &str) -> &str {
+    line.strip_prefix('/')
+        .filter(|rest| rest.starts_with('/'))
+        .unwrap_or(line)
+}
+
+/// The argument if it is exactly one word.
+fn one_word(arg: &str) -> Option<&str> {
+    (!arg.is_empty() && !arg.contains(char::is_whitespace)).then_some(arg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Command::*;
+
+    #[test]
+    fn messages_and_escapes() {
+        assert_eq!(parse("hello"), Say("hello"));
+        assert_eq!(parse("//etc/passwd"), Say("/etc/passwd"));
+        assert_eq!(parse("/ spaced"), Say("/ spaced"));
+        assert_eq!(parse("exit now"), Say("exit now"));
+    }
+
+    #[test]
+    fn exit_words_in_any_case_alone_on_the_line() {
+        for w in [
+            "exit()",
+            "EXIT",
+            " :q ",
+            "#logout",
+            "Salir",
+            "/QUIT",
+            "/quit bye all",
+        ] {
+            assert_eq!(parse(w), Quit, "{w:?}");
+        }
+    }
+
+    #[test]
+    fn commands_and_their_arguments() {
+        assert_eq!(parse("/NICK bob"), Nick("bob"));
+        assert_eq!(parse("/nick"), Usage(USAGE_NICK));
+        assert_eq!(parse("/nick two words"), Usage(USAGE_NICK));
+        assert_eq!(parse("/who"), Who);
+        assert_eq!(
+            parse("/msg bob  hi there"),
+            Msg {
+                to: "bob",
+                text: "hi there"
+            }
+        );
+        assert_eq!(parse("/msg bob"), Usage(USAGE_MSG));
+        assert_eq!(parse("/me waves  twice"), Me("waves  twice"));
+        assert_eq!(parse("/me"), Usage(USAGE_ME));
+        assert_eq!(parse("/help"), Help);
+        assert_eq!(parse("/dance now"), Unknown("dance"));
+    }
+
+    #[test]
+    fn console_commands() {
+        assert_eq!(parse_console("hola"), ConsoleCommand::Say("hola"));
+        assert_eq!(parse_console("/kick bob"), ConsoleCommand::Kick("bob"));
+        assert_eq!(parse_console("/kick"), ConsoleCommand::Usage(USAGE_KICK));
+        assert_eq!(parse_console("/shutdown"), ConsoleCommand::Shutdown);
+        assert_eq!(parse_console("/who"), ConsoleCommand::Who);
+        assert_eq!(parse_console("/nope"), ConsoleCommand::Unknown("nope"));
+    }
+}

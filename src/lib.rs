@@ -1,0 +1,26 @@
+//! loopchat: a chat server in one single-threaded `mio` event loop.
+//!
+//! # Layout
+//!
+//! The protocol is plain data-in, data-out code that tests drive without sockets; the event loop
+//! around it only moves bytes and keeps time.
+//!
+//! - [`config`]: command-line flags to [`config::Config`], every limit named with its reason.
+//! - [`framing`]: bytes to lines, the length cap, flush-partial; recognising HTTP and TLS.
+//! - [`text`]: raw line to safe text (UTF-8 repair, no terminal control characters).
+//! - [`command`]: line to [`command::Command`], for clients and for the operator console.
+//! - [`room`]: names, membership, and who receives what.
+//! - [`rate`]: the token bucket behind `--rate`.
+//! - [`notice`]: every line the server says in its own voice.
+//! - [`server`]: the mio shell: event loop, connections, deadlines, console, signals.
+//! - [`client`]: the bundled command-line client.
+
+pub mod client;
+pub mod command;
+pub mod config;
+pub mod framing;
+pub mod notice;
+pub mod rate;
+pub mod room;
+pub mod server;
+pub mod text;

@@ -1,0 +1,145 @@
+//! Every line the server says in its own voice, in one place. Pure.
+//!
+//! Clients and scripts read these lines, and docs/protocol.md quotes each of them: keeping them
+//! together lets a test hold the two in agreement. Notices start with `[SERVER] `, errors with
+//! `[SERVER] Error: `.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+
+/// The first line on standard output; tests and scripts read the port from it.
+pub fn listening(addr: SocketAddr) -> String {
+    format!("[SERVER] Listening on {addr}")
+}
+
+/// What a newcomer reads right after the welcome.
+pub fn intro(name: &str) -> String {
+    format!("[SERVER] You are {name}. Change your name with /nick NAME; /help lists the commands.")
+}
+
+pub fn connected(name: &str) -> String {
+    format!("[SERVER] Client: {name} connected!")
+}
+
+/// A client left on its own (`None`) or was dropped by the server (the reason).
+pub fn disconnected(name: &str, reason: Option<&str>) -> String {
+    match reason {
+        None => format!("[SERVER] Client: {name} disconnected."),
+        Some(why) => format!("[SERVER] Client: {name} disconnected ({why})"),
+    }
+}
+
+pub fn renamed(old: &str, new: &str) -> String {
+    format!("[SERVER] {old} is now known as {new}")
+}
+
+pub fn you_are_now(name: &str) -> String {
+    format!("[SERVER] You are now known as {name}")
+}
+
+/// At most this many names are listed by `/who`; a room of thousands gets a count instead of a
+/// line of hundreds of kilobytes.
+pub const WHO_MAX_NAMES: usize = 100;
+
+/// `/who`: `names` holds at most [`WHO_MAX_NAMES`] of the `total` members, sorted.
+pub fn who(names: &[&str], total: usize) -> String {
+    let listed = names.join(", ");
+    match total - names.len() {
+        0 => format!("[SERVER] {total} online: {listed}"),
+        more => format!("[SERVER] {total} online: {listed}, and {more} more"),
+    }
+}
+
+pub fn private_from(sender: &str, text: &str) -> String {
+    format!("[PM from {sender}] {text}")
+}
+
+pub fn private_to(recipient: &str, text: &str) -> String {
+    format!("[PM to {recipient}] {text}")
+}
+
+pub const HELP: [&str; 7] = [
+    "[SERVER] Commands:",
+    "[SERVER]   /nick NAME      change your name (1 to 16 of A-Z a-z 0-9 _ -)",
+    "[SERVER]   /who            who is online",
+    "[SERVER]   /msg NAME TEXT  a private message",
+    "[SERVER]   /me TEXT        an action: * you TEXT",
+    "[SERVER]   /quit           leave (so do exit, exit(), :q, #LOGOUT and salir)",
+    "[SERVER]   //TEXT          a message that starts with /",
+];
+
+pub const CONSOLE_HELP: [&str; 5] = [
+    "[SERVER] Console: a line of text goes to every client as SERVER: TEXT",
+    "[SERVER]   /who            who is online",
+    "[SERVER]   /kick NAME      disconnect a client",
+    "[SERVER]   /shutdown       notify everyone and stop",
+    "[SERVER]   //TEXT          send a line that starts with /",
+];
+
+pub const BYE: &str = "[SERVER] Bye!";
+pub const SHUTTING_DOWN: &str = "[SERVER] Server shutting down.";
+pub const KICKED: &str = "[SERVER] You have been kicked by the operator.";
+/// The reason shown when the operator kicks a client.
+pub const KICK_REASON: &str = "kicked by operator";
+
+pub const SERVER_FULL: &str = "[SERVER] Error: server full, try again later";
+pub const TOO_MANY_FROM_ADDRESS: &str =
+    "[SERVER] Error: too many connections from your address, try again later";
+pub const NOT_HTTP: &str =
+    "[SERVER] Error: this is a chat server, not a web server: connect with nc or loopchat-client";
+pub const NOT_TLS: &str =
+    "[SERVER] Error: this is a plain-text chat server, not TLS: connect with nc or loopchat-client";
+
+pub fn too_long(max_line: usize) -> String {
+    format!("[SERVER] Error: message too long (max {max_line} bytes)")
+}
+
+pub fn idle(secs: u64) -> String {
+    format!("[SERVER] Error: idle for {secs} s, disconnecting")
+}
+
+/// The reason given when a client is dropped for not reading.
+pub fn too_slow(unread: usize) -> String {
+    format!("too slow: {unread} bytes unread")
+}
+
+/// The reason given when a client is dropped for silence.
+pub fn idle_reason(secs: u64) -> String {
+    format!("idle for {secs} s")
+}
+
+pub fn unknown_command(name: &str) -> String {
+    format!("[SERVER] Error: unknown command /{name} (try /help)")
+}
+
+pub fn usage(usage: &str) -> String {
+    format!("[SERVER] Error: usage: {usage}")
+}
+
+pub fn name_taken(name: &str) -> String {
+    format!("[SERVER] Error: name {name} is taken")
+}
+
+pub fn name_reserved(name: &str) -> String {
+    format!("[SERVER] Error: name {name} is reserved")
+}
+
+pub const NAME_INVALID: &str = "[SERVER] Error: invalid name: use 1 to 16 of A-Z a-z 0-9 _ -";
+
+pub fn already_named(name: &str) -> String {
+    format!("[SERVER] Error: you are already {name}")
+}
+
+pub fn no_such_user(name: &str) -> String {
+    format!("[SERVER] Error: no such user: {name} (try /who)")
+}
+
+/// A console line for every client.
+pub fn from_console(text: &str) -> String {
+    format!("SERVER: {text}")
+}
+
+/// A runtime failure, one line on stderr.
+pub fn fatal(what: impl Display) -> String {
+    format!("loopchat-server: {what}")
+}

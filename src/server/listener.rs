@@ -1,0 +1,247 @@
+//! Who gets in: accepting connections, the client and per-address caps, and staying alive when
+//! the process runs out of file descriptors.
+//!
+//! Running out of descriptors is the classic way an edge-triggered server dies: `accept` fails
+//! with EMFILE, the connection stays in the kernel's backlog, and the server either retries at
+//! once forever (a busy loop) or waits for an event that never comes (a stranded backlog). Three
+//! defences, after Redis, libuv and nginx:
+//! 1. headroom: `--max-clients` is lowered below the descriptor limit at start-up, so the caps
+//!    refuse clients politely long before `accept` can fail;
+//! 2. a spare descriptor: when `accept` fails anyway, the spare is closed to make room, each
+//!    waiting connection is accepted, told the server is full, and closed, and the spare is
+//!    taken back;
+//! 3. a pause: if even that is impossible, accepting stops for a moment and resumes on a timer,
+//!    since no new event may come.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+
+use crate::notice;
+
+/// Descriptors kept free for everything that is not a client: the listener, epoll, the waker,
+/// the signal pipe, standard streams, the spare, and a refusal in flight (Redis keeps 32).
+pub const RESERVED_FDS: u64 = 32;
+
+/// How long accepting pauses when the server cannot even shed waiting connections.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
+
+/// At most one warning this often about running out of descriptors; the rest are counted.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What the listener has next.
+pub enum Next {
+    Client(TcpStream, SocketAddr),
+    /// Nothing is waiting.
+    Drained,
+    /// Out of descriptors: try again at this time.
+    PauseUntil(Instant),
+}
+
+pub struct Acceptor {
+    pub listener: TcpListener,
+    /// A descriptor held in reserve (on /dev/null), given up to shed connections on EMFILE.
+    spare: Option<File>,
+    last_warning: Option<Instant>,
+    shed_since_warning: u64,
+}
+
+impl Acceptor {
+    pub fn new(listener: TcpListener) -> Acceptor {
+        Acceptor {
+            listener,
+            spare: open_spare(),
+            last_warning: None,
+            shed_since_warning: 0,
+        }
+    }
+
+    pub fn next(&mut self, now: Instant) -> Next {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, addr)) => return Next::Client(stream, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Drained,
+                Err(e) if is_out_of_descriptors(&e) => return self.shed(now, &e),
+                // The peer gave up before we accepted, or a signal: nothing to do with us.
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => {
+                    log::error!("accept failed: {e}; pausing for {ACCEPT_PAUSE:?}");
+                    return Next::PauseUntil(now + ACCEPT_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// Out of descriptors: refuse every waiting connection with the spare's slot.
+    fn shed(&mut self, now: Instant, error: &io::Error) -> Next {
+        let mut shed = 0;
+        if self.spare.take().is_some() {
+            while let Ok((stream, _)) = self.listener.accept() {
+                refuse(&stream, notice::SERVER_FULL);
+                shed += 1;
+            }
+            self.spare = open_spare();
+        }
+        self.shed_since_warning += shed;
+        if self
+            .last_warning
+            .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
+        {
+            log::warn!(
+                "out of file descriptors ({error}): {} connections refused since the last warning",
+                self.shed_since_warning
+            );
+            self.last_warning = Some(now);
+            self.shed_since_warning = 0;
+        }
+        if self.spare.is_some() && shed > 0 {
+            // The backlog is empty again; a new connection brings a new event.
+            Next::Drained
+        } else {
+            Next::PauseUntil(now + ACCEPT_PAUSE)
+        }
+    }
+}
+
+/// Writes a one-line refusal to a socket about to be closed. The socket is fresh, so one short
+/// write fits in its buffer; if it does not, the client sees only the close.
+pub fn refuse(stream: &TcpStream, line: &str) {
+    let mut stream = stream;
+    let _ = stream.write_all(format!("{line}\n").as_bytes());
+}
+
+fn open_spare() -> Option<File> {
+    File::open("/dev/null").ok()
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
+}
+
+/// The caps on who may be connected: in all, and per address.
+pub struct Admission {
+    max_clients: usize,
+    max_per_ip: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl Admission {
+    pub fn new(max_clients: usize, max_per_ip: usize) -> Admission {
+        Admission {
+            max_clients,
+            max_per_ip,
+            per_ip: HashMap::new(),
+        }
+    }
+
+    /// Counts a new client in, or says why it may not come in.
+    pub fn admit(&mut self, ip: IpAddr, clients: usize) -> Result<(), &'static str> {
+        if clients >= self.max_clients {
+            return Err(notice::SERVER_FULL);
+        }
+        if self.max_per_ip == 0 || is_exempt(ip) {
+            return Ok(());
+        }
+        let count = self.per_ip.entry(ip).or_default();
+        if *count >= self.max_per_ip {
+            return Err(notice::TOO_MANY_FROM_ADDRESS);
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    /// Counts a client out.
+    pub fn release(&mut self, ip: IpAddr) {
+        if let Some(count) = self.per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+/// 127.0.0.1 and ::1 are where local tools and load tests come from. Other loopback addresses
+/// (127.0.0.2 and up) count like any other, which is how the cap itself is tested.
+fn is_exempt(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
+        IpAddr::V6(v6) => {
+            v6 == std::net::Ipv6Addr::LOCALHOST
+                || v6.to_ipv4_mapped() == Some(std::net::Ipv4Addr::LOCALHOST)
+        }
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one (as ngircd does) and returns the limit in
+/// force, or `None` if it cannot be read.
+pub fn raise_fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// The number of clients the descriptor limit allows, with headroom.
+pub fn clients_allowed(fd_limit: u64) -> usize {
+    usize::try_from(fd_limit.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_in_all_and_per_address() {
+        let mut a = Admission::new(3, 1);
+        let remote: IpAddr = "10.0.0.1".parse().unwrap();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(a.admit(remote, 0), Ok(()));
+        assert_eq!(a.admit(remote, 1), Err(notice::TOO_MANY_FROM_ADDRESS));
+        assert_eq!(a.admit(local, 1), Ok(()));
+        assert_eq!(a.admit(local, 2), Ok(()), "127.0.0.1 is exempt");
+        assert_eq!(a.admit(local, 3), Err(notice::SERVER_FULL));
+        a.release(remote);
+        assert_eq!(a.admit(remote, 2), Ok(()));
+        assert!(is_exempt("::1".parse().unwrap()));
+        assert!(!is_exempt("127.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn headroom_below_the_descriptor_limit() {
+        assert_eq!(clients_allowed(64), 32);
+        assert_eq!(clients_allowed(10), 0);
+    }
+}
