@@ -12,6 +12,19 @@ use getopts::{Matches, Options};
 pub enum Mode {
     /// The chat room: names, commands, broadcasts.
     Chat,
+    /// RFC 862: every byte back as received. No banner, no framing, no cap.
+    Echo,
+    /// Every message answered with `received: <message>`.
+    Ack,
+}
+
+/// Whether and where to answer UDP, beside TCP, in the same loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Udp {
+    Off,
+    /// The TCP port's number (also when `--port 0` picked it).
+    SamePort,
+    Port(u16),
 }
 
 /// Everything the server needs to know before it starts.
@@ -21,6 +34,7 @@ pub struct Config {
     /// unless someone asks for it.
     pub listen: SocketAddr,
     pub mode: Mode,
+    pub udp: Udp,
     /// The longest line a client may send, in bytes without its LF or CRLF. 200 is the
     /// coursework's message size (`TAM_BUFFER = 200`).
     pub max_line: usize,
@@ -93,7 +107,19 @@ fn options() -> Options {
     let mut o = Options::new();
     o.optopt("H", "host", "address to listen on (IPv4 or IPv6)", "ADDR");
     o.optopt("p", "port", "TCP port, 0 for any free port", "PORT");
-    o.optopt("m", "mode", "what to serve: chat", "MODE");
+    o.optopt(
+        "m",
+        "mode",
+        "chat (default), echo (RFC 862) or ack (received: ...)",
+        "MODE",
+    );
+    o.optflag("", "udp", "answer UDP too, on the TCP port's number");
+    o.optopt(
+        "",
+        "udp-port",
+        "answer UDP on this port (0 = any free one)",
+        "PORT",
+    );
     o.optopt("", "max-line", "longest line in bytes", "BYTES");
     o.optopt("", "max-clients", "most clients at once", "N");
     o.optopt(
@@ -184,7 +210,18 @@ pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Parsed, UsageEr
     };
     let mode = match m.opt_str("m").as_deref() {
         None | Some("chat") => Mode::Chat,
-        Some(other) => return Err(UsageError(format!("--mode: unknown mode {other} (chat)"))),
+        Some("echo") => Mode::Echo,
+        Some("ack") => Mode::Ack,
+        Some(other) => {
+            return Err(UsageError(format!(
+                "--mode: unknown mode {other} (chat, echo or ack)"
+            )));
+        }
+    };
+    let udp = match (m.opt_present("udp"), m.opt_str("udp-port")) {
+        (_, Some(_)) => Udp::Port(number(&m, "udp-port", 0)?),
+        (true, None) => Udp::SamePort,
+        (false, None) => Udp::Off,
     };
     let max_line = number(&m, "max-line", defaults::MAX_LINE)?;
     if max_line == 0 {
@@ -195,6 +232,7 @@ pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Parsed, UsageEr
     Ok(Parsed::Run(Config {
         listen: SocketAddr::new(host, number(&m, "port", defaults::PORT)?),
         mode,
+        udp,
         max_line,
         max_clients: number(&m, "max-clients", defaults::MAX_CLIENTS)?,
         max_per_ip: number(&m, "max-per-ip", defaults::MAX_PER_IP)?,
@@ -241,6 +279,7 @@ mod tests {
         assert_eq!(c.flush_partial, Some(Duration::from_millis(100)));
         assert_eq!(c.idle_timeout, None);
         assert!(c.console && !c.quiet);
+        assert_eq!((c.mode, c.udp), (Mode::Chat, Udp::Off));
         assert_eq!(c.welcome, "Welcome to the best chat in the universe!");
     }
 
@@ -262,6 +301,14 @@ mod tests {
     }
 
     #[test]
+    fn modes_and_udp() {
+        let c = run(&["-m", "echo", "--udp"]);
+        assert_eq!((c.mode, c.udp), (Mode::Echo, Udp::SamePort));
+        let c = run(&["--mode", "ack", "--udp-port", "5001"]);
+        assert_eq!((c.mode, c.udp), (Mode::Ack, Udp::Port(5001)));
+    }
+
+    #[test]
     fn bad_values_are_usage_errors() {
         for args in [
             &["-p", "abc"][..],
@@ -270,6 +317,7 @@ mod tests {
             &["-p", "70000"],
             &["--host", "nowhere"],
             &["--mode", "telepathy"],
+            &["--udp-port", "x"],
             &["--bogus"],
             &["stray"],
         ] {

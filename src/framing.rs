@@ -183,6 +183,13 @@ fn find_lf(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
 }
 
+/// A datagram is one message: a trailing LF or CRLF (as `nc -u` sends) is dropped, and the
+/// cap applies as to a line.
+pub fn datagram(bytes: &[u8], max_line: usize) -> Frame<'_> {
+    let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    judge(max_line, line)
+}
+
 /// A protocol that is not ours, recognised from what a client sends first.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Foreign {
@@ -321,6 +328,13 @@ mod tests {
         assert_eq!(f.next(&mut input), Some(Frame::Line(b"three")));
         assert_eq!(f.next(&mut input), None);
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn a_datagram_is_one_message() {
+        assert_eq!(datagram(b"hi\r\n", 200), Frame::Line(b"hi"));
+        assert_eq!(datagram(b"a\nb", 200), Frame::Line(b"a\nb"));
+        assert_eq!(datagram(b"abcdef\n", 5), Frame::TooLong);
     }
 
     #[test]

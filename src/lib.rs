@@ -10,11 +10,13 @@
 //! - [`text`]: raw line to safe text (UTF-8 repair, no terminal control characters).
 //! - [`command`]: line to [`command::Command`], for clients and for the operator console.
 //! - [`room`]: names, membership, and who receives what.
+//! - [`ack`]: the `received: <message>` answers of `--mode ack` and of UDP.
 //! - [`rate`]: the token bucket behind `--rate`.
 //! - [`notice`]: every line the server says in its own voice.
 //! - [`server`]: the mio shell: event loop, connections, deadlines, console, signals.
 //! - [`client`]: the bundled command-line client.
 
+pub mod ack;
 pub mod client;
 pub mod command;
 pub mod config;

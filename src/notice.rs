@@ -134,6 +134,16 @@ pub fn no_such_user(name: &str) -> String {
     format!("[SERVER] Error: no such user: {name} (try /who)")
 }
 
+/// The acknowledgement of `--mode ack` and of UDP messages.
+pub fn received(text: &str) -> String {
+    format!("received: {text}")
+}
+
+/// The second line on standard output when UDP is on.
+pub fn listening_udp(addr: SocketAddr) -> String {
+    format!("[SERVER] Listening on UDP {addr}")
+}
+
 /// A console line for every client.
 pub fn from_console(text: &str) -> String {
     format!("SERVER: {text}")

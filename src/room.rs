@@ -175,6 +175,12 @@ impl Room {
         After::Stay
     }
 
+    /// A message from outside the room (a UDP datagram): everyone sees it under the sender's
+    /// address, which no name can look like.
+    pub fn relay(&self, from: &str, text: &str, out: &mut Vec<Out>) {
+        push(out, To::All, format!("{from}: {text}"));
+    }
+
     /// A line from the operator console.
     pub fn console(&mut self, command: ConsoleCommand<'_>, out: &mut Vec<Out>) -> ConsoleAfter {
         let reply = |out: &mut Vec<Out>, line: String| push(out, To::Console, line);

@@ -34,14 +34,10 @@ pub struct Connection {
     pub framer: Framer,
     /// Bytes owed to the client, not yet accepted by its socket.
     out: Vec<u8>,
-    /// `None` when `--rate 0`.
-    pub bucket: Option<Bucket>,
     /// When bytes last arrived: the start of a flush-partial quiet.
     pub last_input: Instant,
-    /// When a line last arrived: the start of an idle period.
-    pub last_line: Instant,
     pub bytes_in: u64,
-    pub lines_in: u64,
+    pub lines: Lines,
     /// The peer closed its side; what it sent is being handled.
     pub eof: bool,
     /// Timer kinds that have an entry in the deadline heap (one bit each).
@@ -52,6 +48,8 @@ pub struct Connection {
     write_blocked: bool,
     /// Already on the list of connections whose queue overflowed.
     overflowed: bool,
+    /// Echo mode: not read until its output is written, so it cannot fill the server's memory.
+    input_paused: bool,
 }
 
 impl Connection {
@@ -70,16 +68,19 @@ impl Connection {
             state: State::Open,
             framer,
             out: Vec::new(),
-            bucket,
             last_input: now,
-            last_line: now,
             bytes_in: 0,
-            lines_in: 0,
+            lines: Lines {
+                bucket,
+                count: 0,
+                last: now,
+            },
             eof: false,
             timers: 0,
             dirty: false,
             write_blocked: false,
             overflowed: false,
+            input_paused: false,
         }
     }
 
@@ -122,6 +123,28 @@ impl Connection {
     }
 }
 
+/// A client's lines as the limits see them. Kept apart from the framer, so that a line can be
+/// counted while the framer still lends it out.
+pub struct Lines {
+    /// The rate budget; `None` when `--rate 0`.
+    pub bucket: Option<Bucket>,
+    pub count: u64,
+    /// When the last line arrived: the start of an idle period.
+    pub last: Instant,
+}
+
+impl Lines {
+    /// Counts a line against the budget; returns whether it is the client's first.
+    pub fn record(&mut self, now: Instant) -> bool {
+        if let Some(bucket) = self.bucket.as_mut() {
+            bucket.spend();
+        }
+        self.count += 1;
+        self.last = now;
+        self.count == 1
+    }
+}
+
 /// What a flush found.
 pub enum Flushed {
     /// Everything owed was written (or nothing was owed).
@@ -161,19 +184,28 @@ impl Clients {
 
     /// Appends a line (and its newline) to what a client is owed.
     pub fn queue(&mut self, key: usize, line: &str) {
+        self.append(key, line.as_bytes(), b"\n");
+    }
+
+    /// Appends bytes as they are (echo mode).
+    pub fn queue_raw(&mut self, key: usize, bytes: &[u8]) {
+        self.append(key, bytes, b"");
+    }
+
+    fn append(&mut self, key: usize, bytes: &[u8], end: &[u8]) {
         let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
         if conn.state == State::Closed || conn.overflowed {
             return;
         }
-        if conn.out.len() + line.len() + 1 > self.max_pending {
+        if conn.out.len() + bytes.len() + end.len() > self.max_pending {
             conn.overflowed = true;
             self.overflowed.push(key);
             return;
         }
-        conn.out.extend_from_slice(line.as_bytes());
-        conn.out.push(b'\n');
+        conn.out.extend_from_slice(bytes);
+        conn.out.extend_from_slice(end);
         if !conn.dirty && !conn.write_blocked {
             conn.dirty = true;
             self.dirty.push(key);
@@ -195,6 +227,20 @@ impl Clients {
             conn.dirty = true;
             self.dirty.push(key);
         }
+    }
+
+    /// Stops reading a client until its output is written.
+    pub fn pause_input(&mut self, key: usize) {
+        if let Some(conn) = self.slab.get_mut(key) {
+            conn.input_paused = true;
+        }
+    }
+
+    /// After a complete flush: whether the client's input was paused (it is resumed now).
+    pub fn resume_input(&mut self, key: usize) -> bool {
+        self.slab
+            .get_mut(key)
+            .is_some_and(|conn| std::mem::take(&mut conn.input_paused))
     }
 
     /// Takes the connections to flush now.

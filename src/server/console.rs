@@ -30,16 +30,23 @@ pub enum Input {
 
 pub struct Console {
     lines: Receiver<Input>,
+    /// Held here as well as by the thread: a wake-up is only delivered while a `Waker` is
+    /// alive, and the thread drops its own as soon as standard input ends.
+    _waker: Arc<Waker>,
 }
 
 impl Console {
     /// Starts the reader thread. Each line is followed by a wake-up of the loop.
     pub fn start(waker: Arc<Waker>) -> io::Result<Console> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let thread_waker = Arc::clone(&waker);
         thread::Builder::new()
             .name("console".into())
-            .spawn(move || read_stdin(&tx, &waker))?;
-        Ok(Console { lines: rx })
+            .spawn(move || read_stdin(&tx, &thread_waker))?;
+        Ok(Console {
+            lines: rx,
+            _waker: waker,
+        })
     }
 
     /// The next line the thread has read, if any. Wake-ups coalesce, so the loop drains this

@@ -22,15 +22,17 @@ mod transcript;
 
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::config::Config;
+use crate::ack::{self, Answer};
+use crate::config::{Config, Mode, Udp};
 use crate::framing::{self, Frame, Framer};
 use crate::notice;
 use crate::rate::Bucket;
@@ -45,13 +47,17 @@ use listener::{Acceptor, Admission, Next};
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+const UDP: Token = Token(usize::MAX - 3);
 
 /// One read buffer for all clients: per-client memory holds only unfinished lines and output.
-const SCRATCH: usize = 16 * 1024;
+/// 64 KiB also holds the largest UDP datagram whole.
+const SCRATCH: usize = 64 * 1024;
 /// Bytes read from one client per turn before the others get their go.
 const FAIR_SHARE: usize = 64 * 1024;
 /// New connections accepted per turn, so that a flood of connects cannot starve the room.
 const ACCEPTS_PER_TURN: usize = 256;
+/// Datagrams handled per turn, for the same reason.
+const DATAGRAMS_PER_TURN: usize = 256;
 /// How long a leaving client has to read its last lines, and the server to flush at shutdown.
 const LINGER: Duration = Duration::from_secs(2);
 /// Events taken from the kernel per poll; more simply wait for the next turn.
@@ -100,13 +106,15 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         }
     }
     let poll = Poll::new()?;
-    let mut tcp = TcpListener::bind(config.listen).map_err(|e| match e.kind() {
-        io::ErrorKind::AddrInUse => Error::PortInUse(config.listen),
-        _ => Error::Listen(config.listen, e),
-    })?;
+    let mut tcp = TcpListener::bind(config.listen).map_err(listen_error(config.listen))?;
     let local = tcp.local_addr()?;
     poll.registry()
         .register(&mut tcp, LISTENER, Interest::READABLE)?;
+    let udp = match config.udp {
+        Udp::Off => None,
+        Udp::SamePort => Some(bind_udp(&poll, local)?),
+        Udp::Port(port) => Some(bind_udp(&poll, SocketAddr::new(local.ip(), port))?),
+    };
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -120,6 +128,9 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     };
     let mut transcript = transcript::Transcript::new(config.quiet);
     transcript.always(&notice::listening(local));
+    if let Some(socket) = &udp {
+        transcript.always(&notice::listening_udp(socket.local_addr()?));
+    }
     log::info!(
         "listening on {local}, at most {} clients",
         config.max_clients
@@ -131,6 +142,8 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         room: Room::new(config.welcome.clone(), config.announce_limit),
         acceptor: Some(Acceptor::new(tcp)),
         accept_again: false,
+        udp,
+        udp_again: false,
         poll,
         signals,
         console,
@@ -147,6 +160,21 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     server.run()
 }
 
+/// Turns a failure to bind into an error that names the address.
+fn listen_error(addr: SocketAddr) -> impl FnOnce(io::Error) -> Error {
+    move |e| match e.kind() {
+        io::ErrorKind::AddrInUse => Error::PortInUse(addr),
+        _ => Error::Listen(addr, e),
+    }
+}
+
+fn bind_udp(poll: &Poll, addr: SocketAddr) -> Result<UdpSocket, Error> {
+    let mut socket = UdpSocket::bind(addr).map_err(listen_error(addr))?;
+    poll.registry()
+        .register(&mut socket, UDP, Interest::READABLE)?;
+    Ok(socket)
+}
+
 struct Server {
     config: Config,
     poll: Poll,
@@ -154,6 +182,9 @@ struct Server {
     acceptor: Option<Acceptor>,
     /// The listener may still have connections waiting (the per-turn cap stopped us).
     accept_again: bool,
+    udp: Option<UdpSocket>,
+    /// The UDP socket may still have datagrams waiting (the per-turn cap stopped us).
+    udp_again: bool,
     admission: Admission,
     clients: Clients,
     room: Room,
@@ -176,7 +207,7 @@ impl Server {
     fn run(&mut self) -> Result<(), Error> {
         let mut events = Events::with_capacity(EVENTS);
         loop {
-            let timeout = if self.ready.is_empty() && !self.accept_again {
+            let timeout = if self.ready.is_empty() && !self.accept_again && !self.udp_again {
                 self.poll_timeout()
             } else {
                 Some(Duration::ZERO)
@@ -192,6 +223,7 @@ impl Server {
                     LISTENER => self.accept(),
                     WAKER => self.console_input(),
                     SIGNALS => self.signalled(),
+                    UDP => self.receive_datagrams(),
                     Token(key) => {
                         if event.is_writable() {
                             self.clients.writable(key);
@@ -206,6 +238,9 @@ impl Server {
             self.expire_deadlines();
             if std::mem::take(&mut self.accept_again) {
                 self.accept();
+            }
+            if std::mem::take(&mut self.udp_again) {
+                self.receive_datagrams();
             }
             for key in std::mem::take(&mut self.ready) {
                 self.read(key);
@@ -277,7 +312,16 @@ impl Server {
         if let Some(idle) = self.config.idle_timeout {
             self.arm(key, Timer::Idle, self.now + idle);
         }
-        self.room.join(key, &mut self.out);
+        match self.config.mode {
+            Mode::Chat => self.room.join(key, &mut self.out),
+            Mode::Echo | Mode::Ack => {
+                let line = notice::connected(&addr.to_string());
+                self.out.push(Out {
+                    to: To::Console,
+                    line,
+                });
+            }
+        }
         self.deliver();
     }
 
@@ -291,6 +335,7 @@ impl Server {
             return;
         };
         match conn.state {
+            State::Open if self.config.mode == Mode::Echo => return self.echo(key),
             State::Open => {}
             State::Closing => return self.discard_input(key),
             State::Closed => return,
@@ -307,7 +352,7 @@ impl Server {
             }
             // Under a rate limit, read about a line at a time: lines beyond the budget must
             // wait in the server, and this keeps them to one line's worth.
-            let want = if conn.bucket.is_some() {
+            let want = if conn.lines.bucket.is_some() {
                 max_line + 2
             } else {
                 scratch.len()
@@ -331,7 +376,7 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    self.drop_client(key, &describe(&e));
+                    self.drop_client(key, &e);
                     break;
                 }
             }
@@ -351,10 +396,7 @@ impl Server {
         if conn.eof {
             // Its last words: an unterminated line counts, then it leaves.
             self.flush_partial_line(key);
-            self.room.leave(key, None, &mut self.out);
-            self.deliver();
-            self.clients.linger(key);
-            self.arm_linger(key);
+            self.finish(key, None);
         } else if !conn.framer.is_empty()
             && let Some(quiet) = self.config.flush_partial
         {
@@ -376,7 +418,7 @@ impl Server {
             if input.is_empty() && !conn.framer.has_line() {
                 return true;
             }
-            if let Some(bucket) = conn.bucket.as_mut()
+            if let Some(bucket) = conn.lines.bucket.as_mut()
                 && !bucket.allows(self.now)
             {
                 let at = bucket.next_at(self.now);
@@ -387,17 +429,13 @@ impl Server {
             let Some(frame) = conn.framer.next(&mut input) else {
                 return true;
             };
-            if let Some(bucket) = conn.bucket.as_mut() {
-                bucket.spend();
-            }
-            conn.lines_in += 1;
-            conn.last_line = self.now;
-            let first = conn.lines_in == 1;
+            let first = conn.lines.record(self.now);
+            let addr = conn.addr;
             let verdict = on_frame(
                 &mut self.room,
                 &mut self.out,
-                self.config.max_line,
-                key,
+                &self.config,
+                (key, addr),
                 first,
                 frame,
             );
@@ -416,17 +454,13 @@ impl Server {
         };
         // An unfinished line is a line: it counts against the rate like any other. The budget
         // may go below zero here, which only delays the client's next line.
-        if let Some(bucket) = conn.bucket.as_mut() {
-            bucket.spend();
-        }
-        conn.lines_in += 1;
-        conn.last_line = self.now;
-        let first = conn.lines_in == 1;
+        let first = conn.lines.record(self.now);
+        let addr = conn.addr;
         let verdict = on_frame(
             &mut self.room,
             &mut self.out,
-            self.config.max_line,
-            key,
+            &self.config,
+            (key, addr),
             first,
             frame,
         );
@@ -439,8 +473,7 @@ impl Server {
         match verdict {
             Verdict::Stay => {}
             Verdict::Close => {
-                self.clients.linger(key);
-                self.arm_linger(key);
+                self.finish(key, None);
             }
             Verdict::Foreign => self.reject_foreign(key, notice::NOT_HTTP, "sent an HTTP request"),
         }
@@ -449,10 +482,106 @@ impl Server {
     /// A client speaking another protocol gets one line of explanation and is closed.
     fn reject_foreign(&mut self, key: usize, line: &str, reason: &str) {
         self.clients.queue(key, line);
-        self.room.leave(key, Some(reason), &mut self.out);
-        self.deliver();
-        self.clients.linger(key);
-        self.arm_linger(key);
+        self.finish(key, Some(reason));
+    }
+
+    /// Echo mode (RFC 862): every byte goes back as it came. A client that does not read is
+    /// not read from either: its input waits in its socket until its output has room.
+    fn echo(&mut self, key: usize) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut share = FAIR_SHARE;
+        while let Some(conn) = self.clients.slab.get_mut(key) {
+            let room = self
+                .config
+                .max_pending
+                .saturating_sub(conn.unread())
+                .min(scratch.len());
+            if room == 0 {
+                self.clients.pause_input(key);
+                break;
+            }
+            match conn.read(&mut scratch[..room]) {
+                Ok(0) => {
+                    self.finish(key, None);
+                    break;
+                }
+                Ok(n) => {
+                    self.clients.queue_raw(key, &scratch[..n]);
+                    share = share.saturating_sub(n);
+                    if share == 0 {
+                        self.ready.push(key);
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.drop_client(key, &e);
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    // ----- UDP -----
+
+    /// Reads datagrams until none are left, or this turn's share is used, and answers each.
+    fn receive_datagrams(&mut self) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.udp_again = true;
+        for _ in 0..DATAGRAMS_PER_TURN {
+            let Some(socket) = self.udp.as_ref() else {
+                break;
+            };
+            match socket.recv_from(&mut scratch) {
+                Ok((n, from)) => self.datagram(&scratch[..n], from),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.udp_again = false;
+                    break;
+                }
+                // An ICMP error about an earlier reply (the peer's port is closed): not ours to fix.
+                Err(e) => log::debug!("udp: {e}"),
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    /// One datagram is one message: echoed in echo mode, acknowledged otherwise, and in chat
+    /// mode also shown to the room under the sender's address. An exit word gets a goodbye
+    /// and nothing else: there is no connection to close.
+    fn datagram(&mut self, bytes: &[u8], from: SocketAddr) {
+        if self.config.mode == Mode::Echo {
+            return self.send_datagram(bytes, from);
+        }
+        let reply = match framing::datagram(bytes, self.config.max_line) {
+            Frame::TooLong => notice::too_long(self.config.max_line),
+            Frame::Line(raw) => match ack::answer(raw) {
+                Answer::Ignore => return,
+                Answer::Bye => notice::BYE.to_owned(),
+                Answer::Received { reply, text } => {
+                    match self.config.mode {
+                        Mode::Chat => self.room.relay(&from.to_string(), &text, &mut self.out),
+                        _ => self.out.push(Out {
+                            to: To::Console,
+                            line: format!("{from}: {text}"),
+                        }),
+                    }
+                    self.deliver();
+                    reply
+                }
+            },
+        };
+        self.send_datagram(format!("{reply}\n").as_bytes(), from);
+    }
+
+    /// Sends one datagram. UDP promises nothing: if the socket cannot take it now, it is lost,
+    /// as it could be anywhere on the way.
+    fn send_datagram(&self, bytes: &[u8], to: SocketAddr) {
+        if let Some(socket) = &self.udp
+            && let Err(e) = socket.send_to(bytes, to)
+        {
+            log::debug!("udp reply to {to} lost: {e}");
+        }
     }
 
     /// A closing client's input is read and thrown away: closing a socket with unread input
@@ -513,18 +642,39 @@ impl Server {
                     "dropping client {key}: {unread} bytes unread (--max-pending {})",
                     self.config.max_pending
                 );
-                self.room
-                    .leave(key, Some(&notice::too_slow(unread)), &mut self.out);
+                self.leave(key, Some(&notice::too_slow(unread)));
                 self.clients.close(key);
             }
         }
     }
 
-    /// Removes a client from the room, saying why, and closes it without flushing.
-    fn drop_client(&mut self, key: usize, reason: &str) {
-        self.room.leave(key, Some(reason), &mut self.out);
+    /// A socket error ends a client: it leaves the room and is closed without flushing.
+    fn drop_client(&mut self, key: usize, error: &io::Error) {
+        self.part(key, describe(error).as_deref());
         self.clients.close(key);
+    }
+
+    /// A client leaves: it is announced (with the reason, if the server is the one who ends
+    /// it), and the announcement is delivered.
+    fn part(&mut self, key: usize, reason: Option<&str>) {
+        self.leave(key, reason);
         self.deliver();
+    }
+
+    /// The announcement of a departure: the room's rule in chat mode, the transcript otherwise.
+    fn leave(&mut self, key: usize, reason: Option<&str>) {
+        match self.config.mode {
+            Mode::Chat => self.room.leave(key, reason, &mut self.out),
+            Mode::Echo | Mode::Ack => {
+                if let Some(conn) = self.clients.slab.get(key) {
+                    let line = notice::disconnected(&conn.addr.to_string(), reason);
+                    self.out.push(Out {
+                        to: To::Console,
+                        line,
+                    });
+                }
+            }
+        }
     }
 
     /// Writes every connection with queued output, then removes closed ones. Writing can fail
@@ -532,8 +682,10 @@ impl Server {
     fn flush_and_sweep(&mut self) {
         while self.clients.has_dirty() {
             for key in self.clients.take_dirty() {
-                if let Flushed::Failed(e) = self.clients.flush(key) {
-                    self.drop_client(key, &describe(&e));
+                match self.clients.flush(key) {
+                    Flushed::Failed(e) => self.drop_client(key, &e),
+                    Flushed::Done if self.clients.resume_input(key) => self.ready.push(key),
+                    Flushed::Done | Flushed::Blocked => {}
                 }
             }
         }
@@ -559,7 +711,12 @@ impl Server {
         }
     }
 
-    fn arm_linger(&mut self, key: usize) {
+    /// A client leaves: announced (with the reason, if the server ends it), out of the room,
+    /// not read any more, and closed once its last lines are written or [`LINGER`] is over.
+    /// For a client already out of the room (it quit, or was kicked) only the closing is left.
+    fn finish(&mut self, key: usize, reason: Option<&str>) {
+        self.part(key, reason);
+        self.clients.linger(key);
         self.arm(key, Timer::Linger, self.now + LINGER);
     }
 
@@ -616,18 +773,14 @@ impl Server {
         if conn.state != State::Open {
             return;
         }
-        let due = conn.last_line + idle;
+        let due = conn.lines.last + idle;
         if due > self.now + Duration::from_millis(1) {
             self.arm(key, Timer::Idle, due);
             return;
         }
         let secs = idle.as_secs();
         self.clients.queue(key, &notice::idle(secs));
-        self.room
-            .leave(key, Some(&notice::idle_reason(secs)), &mut self.out);
-        self.deliver();
-        self.clients.linger(key);
-        self.arm_linger(key);
+        self.finish(key, Some(&notice::idle_reason(secs)));
     }
 
     // ----- console and signals -----
@@ -650,8 +803,7 @@ impl Server {
             match after {
                 ConsoleAfter::Continue => {}
                 ConsoleAfter::Close(key) => {
-                    self.clients.linger(key);
-                    self.arm_linger(key);
+                    self.finish(key, None);
                 }
                 ConsoleAfter::Shutdown => self.begin_shutdown(),
             }
@@ -701,38 +853,63 @@ enum Verdict {
     Foreign,
 }
 
-/// Acts on one frame from a client. A free function over the parts it needs, because the frame
-/// borrows the connection's framer while the room runs.
+/// Acts on one frame from a client, by the server's mode. A free function over the parts it
+/// needs, because the frame borrows the connection's framer while the room runs.
 fn on_frame(
     room: &mut Room,
     out: &mut Vec<Out>,
-    max_line: usize,
-    key: usize,
+    config: &Config,
+    (key, addr): (usize, SocketAddr),
     first: bool,
     frame: Frame<'_>,
 ) -> Verdict {
-    match frame {
+    let raw = match frame {
         Frame::TooLong => {
             out.push(Out {
                 to: To::One(key),
-                line: notice::too_long(max_line),
+                line: notice::too_long(config.max_line),
             });
-            Verdict::Stay
+            return Verdict::Stay;
         }
-        Frame::Line(raw) if first && framing::is_http_request(raw) => Verdict::Foreign,
-        Frame::Line(raw) => match room.receive(key, raw, out) {
+        Frame::Line(raw) if first && framing::is_http_request(raw) => return Verdict::Foreign,
+        Frame::Line(raw) => raw,
+    };
+    match config.mode {
+        Mode::Chat => match room.receive(key, raw, out) {
             After::Stay => Verdict::Stay,
             After::Close => Verdict::Close,
+        },
+        // Echo never frames; this arm keeps the match whole.
+        Mode::Ack | Mode::Echo => match ack::answer(raw) {
+            Answer::Ignore => Verdict::Stay,
+            Answer::Received { reply, text } => {
+                out.push(Out {
+                    to: To::One(key),
+                    line: reply,
+                });
+                out.push(Out {
+                    to: To::Console,
+                    line: format!("{addr}: {text}"),
+                });
+                Verdict::Stay
+            }
+            Answer::Bye => {
+                out.push(Out {
+                    to: To::One(key),
+                    line: notice::BYE.to_owned(),
+                });
+                Verdict::Close
+            }
         },
     }
 }
 
-/// A socket error as a short reason for the transcript.
-fn describe(e: &io::Error) -> String {
+/// A socket error as the reason shown for a departure. A reset or a broken pipe is how many
+/// clients close (any that exits with input unread), so it is an ordinary departure.
+fn describe(e: &io::Error) -> Option<String> {
     match e.kind() {
-        io::ErrorKind::ConnectionReset => "connection reset".into(),
-        io::ErrorKind::BrokenPipe => "connection lost".into(),
-        io::ErrorKind::TimedOut => "timed out".into(),
-        _ => format!("error: {e}"),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => None,
+        io::ErrorKind::TimedOut => Some("timed out".into()),
+        _ => Some(format!("error: {e}")),
     }
 }

@@ -1,0 +1,29 @@
+# loopchat: `make run-server` to chat, `make test` to check everything.
+# Extra flags go through ARGS, e.g. `make run-server ARGS="--port 5000 --rate 0"`.
+
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: build run-server run-client test lint fmt
+
+build:
+	$(CARGO) build --release --bins
+
+# The server on 127.0.0.1:1234 with the operator console on this terminal.
+run-server:
+	$(CARGO) run --release --quiet --bin loopchat-server -- $(ARGS)
+
+# The bundled client, to localhost:1234 unless ARGS says otherwise.
+run-client:
+	$(CARGO) run --release --quiet --bin loopchat-client -- $(ARGS)
+
+# Unit and property tests of the pure core, then black-box tests over real sockets.
+test:
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
