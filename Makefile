@@ -3,8 +3,9 @@
 
 CARGO ?= cargo
 ARGS ?=
+PORT ?= 1234
 
-.PHONY: build run-server run-client test lint fmt
+.PHONY: build run-server run-client capture test lint fmt
 
 build:
 	$(CARGO) build --release --bins
@@ -16,6 +17,10 @@ run-server:
 # The bundled client, to localhost:1234 unless ARGS says otherwise.
 run-client:
 	$(CARGO) run --release --quiet --bin loopchat-client -- $(ARGS)
+
+# Watch the server's packets on the loopback interface (needs tshark; see docs/capture.md).
+capture:
+	scripts/intercept.sh $(PORT)
 
 # Unit and property tests of the pure core, then black-box tests over real sockets.
 test:
