@@ -13,13 +13,15 @@
 //! - [`ack`]: the `received: <message>` answers of `--mode ack` and of UDP.
 //! - [`rate`]: the token bucket behind `--rate`.
 //! - [`notice`]: every line the server says in its own voice.
-//! - [`server`]: the mio shell: event loop, connections, deadlines, console, signals.
+//! - [`engine`]: the whole server without sockets or clock: buffers, limits, timers, the room.
+//! - [`server`]: the mio shell: poll, sockets, accept limits, console, signals, stdout.
 //! - [`client`]: the bundled command-line client.
 
 pub mod ack;
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod engine;
 pub mod framing;
 pub mod notice;
 pub mod rate;

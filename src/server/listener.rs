@@ -1,5 +1,5 @@
-//! Who gets in: accepting connections, the client and per-address caps, and staying alive when
-//! the process runs out of file descriptors.
+//! Accepting connections, and staying alive when the process runs out of file descriptors. (Who
+//! may come in, the caps in all and per address, is the engine's rule: `engine/admission.rs`.)
 //!
 //! Running out of descriptors is the classic way an edge-triggered server dies: `accept` fails
 //! with EMFILE, the connection stays in the kernel's backlog, and the server either retries at
@@ -13,10 +13,9 @@
 //! 3. a pause: if even that is impossible, accepting stops for a moment and resumes on a timer,
 //!    since no new event may come.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -134,61 +133,6 @@ fn is_transient(e: &io::Error) -> bool {
     ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
 }
 
-/// The caps on who may be connected: in all, and per address.
-pub struct Admission {
-    max_clients: usize,
-    max_per_ip: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-impl Admission {
-    pub fn new(max_clients: usize, max_per_ip: usize) -> Admission {
-        Admission {
-            max_clients,
-            max_per_ip,
-            per_ip: HashMap::new(),
-        }
-    }
-
-    /// Counts a new client in, or says why it may not come in.
-    pub fn admit(&mut self, ip: IpAddr, clients: usize) -> Result<(), &'static str> {
-        if clients >= self.max_clients {
-            return Err(notice::SERVER_FULL);
-        }
-        if self.max_per_ip == 0 || is_exempt(ip) {
-            return Ok(());
-        }
-        let count = self.per_ip.entry(ip).or_default();
-        if *count >= self.max_per_ip {
-            return Err(notice::TOO_MANY_FROM_ADDRESS);
-        }
-        *count += 1;
-        Ok(())
-    }
-
-    /// Counts a client out.
-    pub fn release(&mut self, ip: IpAddr) {
-        if let Some(count) = self.per_ip.get_mut(&ip) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_ip.remove(&ip);
-            }
-        }
-    }
-}
-
-/// 127.0.0.1 and ::1 are where local tools and load tests come from. Other loopback addresses
-/// (127.0.0.2 and up) count like any other, which is how the cap itself is tested.
-fn is_exempt(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
-        IpAddr::V6(v6) => {
-            v6 == std::net::Ipv6Addr::LOCALHOST
-                || v6.to_ipv4_mapped() == Some(std::net::Ipv4Addr::LOCALHOST)
-        }
-    }
-}
-
 /// Raises the soft descriptor limit to the hard one (as ngircd does) and returns the limit in
 /// force, or `None` if it cannot be read.
 pub fn raise_fd_limit() -> Option<u64> {
@@ -222,22 +166,6 @@ pub fn clients_allowed(fd_limit: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn caps_in_all_and_per_address() {
-        let mut a = Admission::new(3, 1);
-        let remote: IpAddr = "10.0.0.1".parse().unwrap();
-        let local: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(a.admit(remote, 0), Ok(()));
-        assert_eq!(a.admit(remote, 1), Err(notice::TOO_MANY_FROM_ADDRESS));
-        assert_eq!(a.admit(local, 1), Ok(()));
-        assert_eq!(a.admit(local, 2), Ok(()), "127.0.0.1 is exempt");
-        assert_eq!(a.admit(local, 3), Err(notice::SERVER_FULL));
-        a.release(remote);
-        assert_eq!(a.admit(remote, 2), Ok(()));
-        assert!(is_exempt("::1".parse().unwrap()));
-        assert!(!is_exempt("127.0.0.2".parse().unwrap()));
-    }
 
     #[test]
     fn headroom_below_the_descriptor_limit() {

@@ -21,8 +21,6 @@ pub enum Timer {
     Idle,
     /// A closing client has had its chance to read its last lines.
     Linger,
-    /// Try accepting again after running out of descriptors.
-    AcceptResume,
 }
 
 impl Timer {

@@ -1,0 +1,848 @@
+//! The whole server without sockets and without a clock: every connection's buffers and limits,
+//! the timers, the room. The event loop tells the engine what happened (a client came, a socket
+//! is readable or writable, a line on the console, the time) and the engine decides everything
+//! else. Tests drive it with no network at all: they pass in the time, and closures that stand
+//! in for `read` and `write`.
+//!
+//! # How the event loop uses it
+//!
+//! - A client connects: [`Engine::join`] admits it (or returns the refusal to send).
+//! - Its socket is readable: [`Engine::read`]. Its socket is writable again: [`Engine::writable`].
+//! - Time passes: sleep no longer than [`Engine::next_deadline`], then [`Engine::tick`].
+//! - Before sleeping again: read the clients of [`Engine::take_ready`] (edge-triggered sockets
+//!   left with input on purpose give no new event), [`Engine::flush`] what is owed, close the
+//!   sockets of [`Engine::take_closed`], print [`Engine::transcript`].
+//!
+//! Nothing is removed from the table until [`Engine::take_closed`], once per turn: a key freed
+//! in the middle of a batch of events could be handed to a new connection while an event for
+//! the old one still waits in that batch. Connections are likewise never dropped in the middle
+//! of a broadcast: a queue that overflows is noted, and dealt with after the broadcast.
+
+mod admission;
+pub mod deadlines;
+mod peer;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::ack::{self, Answer};
+use crate::command;
+use crate::config::{Config, Mode};
+use crate::framing::{self, Frame, Framer};
+use crate::notice;
+use crate::rate::Bucket;
+use crate::room::{After, ConsoleAfter, Out, Room, To};
+use crate::text;
+use admission::Admission;
+use deadlines::{Deadlines, Timer};
+use peer::Lines;
+pub use peer::{Peer, State};
+
+/// One read buffer for all clients: per-client memory holds only unfinished lines and output.
+/// 64 KiB also holds the largest UDP datagram whole.
+pub const SCRATCH: usize = 64 * 1024;
+/// Bytes read from one client per turn before the others get their go.
+const FAIR_SHARE: usize = 64 * 1024;
+/// How long a leaving client has to read its last lines, and the server to flush at shutdown.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+pub struct Engine<S> {
+    config: Config,
+    room: Room,
+    peers: Slab<Peer<S>>,
+    admission: Admission,
+    deadlines: Deadlines,
+    scratch: Vec<u8>,
+    /// Lines the room produced and [`Engine::deliver`] has yet to route.
+    out: Vec<Out>,
+    /// Connections with output to write before the next poll.
+    dirty: Vec<usize>,
+    /// Connections to read again without waiting for an event.
+    ready: Vec<usize>,
+    /// Connections to close before the next poll.
+    closed: Vec<usize>,
+    /// Connections whose queue passed `--max-pending` during a delivery.
+    overflowed: Vec<usize>,
+    /// Standard output, gathered during a turn.
+    transcript: Vec<u8>,
+    next_generation: u64,
+    shutdown_at: Option<Instant>,
+    /// The time of the event being handled, given by the caller.
+    now: Instant,
+}
+
+impl<S> Engine<S> {
+    pub fn new(config: Config, now: Instant) -> Engine<S> {
+        Engine {
+            room: Room::new(config.welcome.clone(), config.announce_limit),
+            admission: Admission::new(config.max_clients, config.max_per_ip),
+            peers: Slab::new(),
+            deadlines: Deadlines::default(),
+            scratch: vec![0; SCRATCH],
+            out: Vec::new(),
+            dirty: Vec::new(),
+            ready: Vec::new(),
+            closed: Vec::new(),
+            overflowed: Vec::new(),
+            transcript: Vec::new(),
+            next_generation: 0,
+            shutdown_at: None,
+            now,
+            config,
+        }
+    }
+
+    // ----- what the event loop asks -----
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// The key the next [`Engine::join`] will use: the loop registers the socket under it.
+    pub fn next_key(&self) -> usize {
+        self.peers.vacant_key()
+    }
+
+    pub fn peer(&self, key: usize) -> Option<&Peer<S>> {
+        self.peers.get(key)
+    }
+
+    pub fn socket_mut(&mut self, key: usize) -> Option<&mut S> {
+        self.peers.get_mut(key).map(|p| &mut p.socket)
+    }
+
+    /// How long the loop may sleep: until the nearest timer, or the end of the shutdown.
+    pub fn next_deadline(&self, now: Instant) -> Option<Duration> {
+        let timer = self.deadlines.timeout(now);
+        let shutdown = self.shutdown_at.map(|at| at.saturating_duration_since(now));
+        match (timer, shutdown) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Connections to read without waiting for an event.
+    pub fn take_ready(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.ready)
+    }
+
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Connections that are done: the loop deregisters and drops their sockets.
+    pub fn take_closed(&mut self) -> Vec<Peer<S>> {
+        let mut gone = Vec::with_capacity(self.closed.len());
+        for key in self.closed.drain(..) {
+            if let Some(peer) = self.peers.try_remove(key) {
+                self.admission.release(peer.addr.ip());
+                gone.push(peer);
+            }
+        }
+        gone
+    }
+
+    /// What to print on standard output; the loop writes it out and clears it.
+    pub fn transcript(&mut self) -> &mut Vec<u8> {
+        &mut self.transcript
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.shutdown_at.is_some()
+    }
+
+    /// The shutdown is over: every client's queue is written, or the time is up.
+    pub fn is_finished(&self, now: Instant) -> bool {
+        self.shutdown_at
+            .is_some_and(|at| self.peers.is_empty() || now >= at)
+    }
+
+    // ----- events -----
+
+    /// A new connection: admitted (welcomed, announced), or refused with the line to send it.
+    pub fn join(
+        &mut self,
+        socket: S,
+        addr: SocketAddr,
+        now: Instant,
+    ) -> Result<usize, (S, &'static str)> {
+        self.now = now;
+        if let Err(refusal) = self.admission.admit(addr.ip(), self.peers.len()) {
+            return Err((socket, refusal));
+        }
+        self.next_generation += 1;
+        let bucket = (self.config.rate > 0).then(|| Bucket::new(self.config.rate, now));
+        let framer = Framer::new(self.config.max_line);
+        let peer = Peer::new(
+            socket,
+            addr,
+            self.next_generation,
+            framer,
+            Lines::new(bucket, now),
+            now,
+        );
+        let key = self.peers.insert(peer);
+        if let Some(idle) = self.config.idle_timeout {
+            self.arm(key, Timer::Idle, now + idle);
+        }
+        match self.config.mode {
+            Mode::Chat => self.room.join(key, &mut self.out),
+            Mode::Echo | Mode::Ack => self.out.push(Out {
+                to: To::Console,
+                line: notice::connected(&addr.to_string()),
+            }),
+        }
+        self.deliver();
+        Ok(key)
+    }
+
+    /// The client's socket is readable, or may be: reads through `read` until it has nothing
+    /// more (WouldBlock, as edge triggering requires), or the client may not send more now
+    /// (rate budget, echo backpressure), or its fair share of the turn is used. In the last
+    /// case it goes on the ready list, since no new event would come for it.
+    pub fn read<R>(&mut self, key: usize, now: Instant, mut read: R)
+    where
+        R: FnMut(&mut S, &mut [u8]) -> io::Result<usize>,
+    {
+        self.now = now;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut share = FAIR_SHARE;
+        while let Some(want) = self.input_budget(key) {
+            let peer = &mut self.peers[key];
+            let n = match read(&mut peer.socket, &mut scratch[..want.min(share)]) {
+                Ok(0) => {
+                    peer.eof = true;
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.drop_client(key, &e);
+                    break;
+                }
+            };
+            self.received(key, &scratch[..n]);
+            share -= n;
+            if share == 0 {
+                self.ready.push(key);
+                break;
+            }
+        }
+        self.scratch = scratch;
+        self.after_input(key);
+    }
+
+    /// The client's socket can take more after a write hit WouldBlock.
+    pub fn writable(&mut self, key: usize) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        peer.write_blocked = false;
+        if !peer.out.is_empty() && !peer.dirty {
+            peer.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Writes, through `write`, what every connection with queued output is owed, until all
+    /// is written or its socket is full. A failure drops the client, whose departure is more
+    /// output: this repeats until nothing is left to write.
+    pub fn flush<W>(&mut self, now: Instant, mut write: W)
+    where
+        W: FnMut(&mut S, &[u8]) -> io::Result<usize>,
+    {
+        self.now = now;
+        while !self.dirty.is_empty() {
+            for key in std::mem::take(&mut self.dirty) {
+                if let Err(e) = self.write_out(key, &mut write) {
+                    self.drop_client(key, &e);
+                }
+            }
+        }
+    }
+
+    /// Fires the timers that are due.
+    pub fn tick(&mut self, now: Instant) {
+        self.now = now;
+        while let Some((key, generation, timer)) = self.deadlines.pop_due(now) {
+            let Some(peer) = self.peers.get_mut(key) else {
+                continue;
+            };
+            if peer.generation != generation {
+                continue; // set for an earlier connection with the same key
+            }
+            peer.timers &= !timer.bit();
+            match timer {
+                Timer::FlushPartial => self.quiet_passed(key),
+                Timer::RateResume => self.resume(key),
+                Timer::Idle => self.check_idle(key),
+                Timer::Linger => {
+                    if peer.state == State::Closing {
+                        log::debug!("{} did not read its last lines in time", peer.addr);
+                        self.close(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A line typed on the operator console.
+    pub fn console(&mut self, raw: &[u8], now: Instant) {
+        self.now = now;
+        let line = text::clean(raw);
+        if text::is_blank(&line) {
+            return;
+        }
+        let after = self
+            .room
+            .console(command::parse_console(&line), &mut self.out);
+        self.deliver();
+        match after {
+            ConsoleAfter::Continue => {}
+            ConsoleAfter::Close(key) => self.finish(key, None),
+            ConsoleAfter::Shutdown => self.begin_shutdown(now),
+        }
+    }
+
+    /// One UDP datagram, one message: echoed in echo mode, acknowledged otherwise, and in chat
+    /// mode also shown to the room under the sender's address. An exit word gets a goodbye and
+    /// nothing else: there is no connection to close. Returns the reply to send.
+    pub fn datagram(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) -> Option<Vec<u8>> {
+        self.now = now;
+        if self.config.mode == Mode::Echo {
+            return Some(bytes.to_vec());
+        }
+        let reply = match framing::datagram(bytes, self.config.max_line) {
+            Frame::TooLong => notice::too_long(self.config.max_line),
+            Frame::Line(raw) => match ack::answer(raw) {
+                Answer::Ignore => return None,
+                Answer::Bye => notice::BYE.to_owned(),
+                Answer::Received { reply, text } => {
+                    match self.config.mode {
+                        Mode::Chat => self.room.relay(&from.to_string(), &text, &mut self.out),
+                        Mode::Ack | Mode::Echo => self.out.push(Out {
+                            to: To::Console,
+                            line: format!("{from}: {text}"),
+                        }),
+                    }
+                    self.deliver();
+                    reply
+                }
+            },
+        };
+        Some(format!("{reply}\n").into_bytes())
+    }
+
+    /// Tells everyone the server is stopping and gives their queues [`LINGER`] to drain. A
+    /// second call (a second Ctrl-C) stops at once.
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        self.now = now;
+        if self.shutdown_at.is_some() {
+            self.shutdown_at = Some(now);
+            return;
+        }
+        log::info!("shutting down");
+        self.shutdown_at = Some(now + LINGER);
+        self.out.push(Out {
+            to: To::All,
+            line: notice::SHUTTING_DOWN.to_owned(),
+        });
+        self.deliver();
+        let keys: Vec<usize> = self.peers.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.linger(key);
+        }
+    }
+
+    // ----- reading -----
+
+    /// How many bytes the client may send now, if any. Also where a client that may not is
+    /// set to be woken: by the rate timer, or (echo) by the flush that empties its queue.
+    fn input_budget(&mut self, key: usize) -> Option<usize> {
+        let peer = self.peers.get_mut(key)?;
+        if peer.eof || peer.input_paused || peer.state == State::Closed {
+            return None;
+        }
+        if peer.state == State::Closing {
+            // Read and thrown away: closing a socket with unread input sends a reset, which
+            // could destroy the last lines on their way to the client.
+            return Some(SCRATCH);
+        }
+        if self.config.mode == Mode::Echo {
+            let room = self.config.max_pending.saturating_sub(peer.out.len());
+            peer.input_paused = room == 0;
+            return (room > 0).then_some(room.min(SCRATCH));
+        }
+        if peer.framer.has_line() {
+            return None; // lines held back by the rate limit go first, on the rate timer
+        }
+        let Some(bucket) = peer.lines.bucket.as_mut() else {
+            return Some(SCRATCH);
+        };
+        if bucket.allows(self.now) {
+            // Read about a line at a time: lines beyond the budget must wait in the server,
+            // and this keeps them to one line's worth.
+            return Some(self.config.max_line + 2);
+        }
+        let at = bucket.next_at(self.now);
+        self.arm(key, Timer::RateResume, at);
+        None
+    }
+
+    /// Bytes from a client.
+    fn received(&mut self, key: usize, bytes: &[u8]) {
+        let peer = &mut self.peers[key];
+        peer.last_input = self.now;
+        let first_read = peer.bytes_in == 0;
+        peer.bytes_in += bytes.len() as u64;
+        match peer.state {
+            State::Open => {}
+            State::Closing | State::Closed => return,
+        }
+        if self.config.mode == Mode::Echo {
+            return self.queue(key, bytes, b"");
+        }
+        if first_read && framing::is_tls_hello(bytes) {
+            return self.reject_foreign(key, notice::NOT_TLS, "sent a TLS handshake");
+        }
+        self.take_lines(key, bytes);
+    }
+
+    /// Frames `input` (after any lines held back) and acts on each line while the client's
+    /// rate budget allows; what it may not send yet is kept, in order.
+    fn take_lines(&mut self, key: usize, mut input: &[u8]) {
+        loop {
+            let Some(peer) = self.peers.get_mut(key) else {
+                return;
+            };
+            if peer.state != State::Open || (input.is_empty() && !peer.framer.has_line()) {
+                return;
+            }
+            if let Some(bucket) = peer.lines.bucket.as_mut()
+                && !bucket.allows(self.now)
+            {
+                let at = bucket.next_at(self.now);
+                peer.framer.keep(input);
+                return self.arm(key, Timer::RateResume, at);
+            }
+            let Some(frame) = peer.framer.next(&mut input) else {
+                return;
+            };
+            let first = peer.lines.record(self.now);
+            let from = (key, peer.addr);
+            let verdict = on_frame(
+                &mut self.room,
+                &mut self.out,
+                &self.config,
+                from,
+                first,
+                frame,
+            );
+            self.settle(key, verdict);
+        }
+    }
+
+    /// After reading: finish a client whose stream ended, or time its unfinished line.
+    fn after_input(&mut self, key: usize) {
+        let Some(peer) = self.peers.get(key) else {
+            return;
+        };
+        if peer.state != State::Open || peer.framer.has_line() {
+            return;
+        }
+        if peer.eof {
+            // Its last words: an unterminated line counts, then it leaves.
+            self.flush_partial_line(key);
+            self.finish(key, None);
+        } else if !peer.framer.is_empty()
+            && let Some(quiet) = self.config.flush_partial
+        {
+            let at = peer.last_input + quiet;
+            self.arm(key, Timer::FlushPartial, at);
+        }
+    }
+
+    /// The rate budget allows a line again: take the lines held back, then let the loop read.
+    fn resume(&mut self, key: usize) {
+        self.take_lines(key, &[]);
+        self.after_input(key);
+        if self.input_budget(key).is_some() {
+            self.ready.push(key);
+        }
+    }
+
+    /// The quiet after an unfinished line has passed (or the stream ended): the line is taken
+    /// as complete.
+    fn flush_partial_line(&mut self, key: usize) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        let Some(frame) = peer.framer.flush() else {
+            return;
+        };
+        // An unfinished line is a line: it counts against the rate like any other. The budget
+        // may go below zero here, which only delays the client's next line.
+        let first = peer.lines.record(self.now);
+        let from = (key, peer.addr);
+        let verdict = on_frame(
+            &mut self.room,
+            &mut self.out,
+            &self.config,
+            from,
+            first,
+            frame,
+        );
+        self.settle(key, verdict);
+    }
+
+    /// Delivers what a frame produced and carries out what it means for the connection.
+    fn settle(&mut self, key: usize, verdict: Verdict) {
+        self.deliver();
+        match verdict {
+            Verdict::Stay => {}
+            Verdict::Close => self.finish(key, None),
+            Verdict::Foreign => self.reject_foreign(key, notice::NOT_HTTP, "sent an HTTP request"),
+        }
+    }
+
+    /// A client speaking another protocol gets one line of explanation and is closed.
+    fn reject_foreign(&mut self, key: usize, line: &str, reason: &str) {
+        self.queue(key, line.as_bytes(), b"\n");
+        self.finish(key, Some(reason));
+    }
+
+    // ----- delivering -----
+
+    /// Routes every line the room produced. A client whose queue overflows is dropped after the
+    /// routing (never while the room's members are being walked) and its departure is routed
+    /// in turn, until nothing is left.
+    fn deliver(&mut self) {
+        while !self.out.is_empty() {
+            let mut batch = std::mem::take(&mut self.out);
+            for Out { to, line } in batch.drain(..) {
+                let bytes = line.as_bytes();
+                match to {
+                    To::One(key) => self.queue(key, bytes, b"\n"),
+                    To::Console => self.print(&line),
+                    To::Others(except) => {
+                        self.print(&line);
+                        for key in self.room.members().filter(|&k| k != except) {
+                            queue(
+                                &mut self.peers,
+                                &mut self.dirty,
+                                &mut self.overflowed,
+                                self.config.max_pending,
+                                key,
+                                bytes,
+                                b"\n",
+                            );
+                        }
+                    }
+                    To::All => {
+                        self.print(&line);
+                        for key in self.room.members() {
+                            queue(
+                                &mut self.peers,
+                                &mut self.dirty,
+                                &mut self.overflowed,
+                                self.config.max_pending,
+                                key,
+                                bytes,
+                                b"\n",
+                            );
+                        }
+                    }
+                }
+            }
+            if self.out.is_empty() {
+                self.out = batch; // keep the capacity
+            }
+            for key in std::mem::take(&mut self.overflowed) {
+                let unread = self.peers.get(key).map_or(0, |p| p.out.len());
+                log::warn!(
+                    "dropping client {key}: {unread} bytes unread (--max-pending {})",
+                    self.config.max_pending
+                );
+                self.leave(key, Some(&notice::too_slow(unread)));
+                self.close(key);
+            }
+        }
+    }
+
+    /// Appends bytes (and `end`) to what a client is owed.
+    fn queue(&mut self, key: usize, bytes: &[u8], end: &[u8]) {
+        queue(
+            &mut self.peers,
+            &mut self.dirty,
+            &mut self.overflowed,
+            self.config.max_pending,
+            key,
+            bytes,
+            end,
+        );
+    }
+
+    fn print(&mut self, line: &str) {
+        if !self.config.quiet {
+            self.transcript.extend_from_slice(line.as_bytes());
+            self.transcript.push(b'\n');
+        }
+    }
+
+    // ----- leaving -----
+
+    /// A socket error ends a client: it leaves the room and is closed without flushing.
+    fn drop_client(&mut self, key: usize, error: &io::Error) {
+        self.part(key, describe(error).as_deref());
+        self.close(key);
+    }
+
+    /// A client leaves: announced (with the reason, if the server ends it), out of the room,
+    /// not read any more, and closed once its last lines are written or [`LINGER`] is over.
+    /// For a client already out of the room (it quit, or was kicked) only the closing is left.
+    fn finish(&mut self, key: usize, reason: Option<&str>) {
+        self.part(key, reason);
+        self.linger(key);
+        self.arm(key, Timer::Linger, self.now + LINGER);
+    }
+
+    /// The departure is announced and delivered.
+    fn part(&mut self, key: usize, reason: Option<&str>) {
+        self.leave(key, reason);
+        self.deliver();
+    }
+
+    /// The announcement of a departure: the room's rule in chat mode, the transcript otherwise.
+    fn leave(&mut self, key: usize, reason: Option<&str>) {
+        match self.config.mode {
+            Mode::Chat => self.room.leave(key, reason, &mut self.out),
+            Mode::Echo | Mode::Ack => {
+                if let Some(peer) = self.peers.get(key) {
+                    let line = notice::disconnected(&peer.addr.to_string(), reason);
+                    self.out.push(Out {
+                        to: To::Console,
+                        line,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Stops reading a client; it is closed once its queue is written.
+    fn linger(&mut self, key: usize) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        if peer.state != State::Open {
+            return;
+        }
+        peer.state = State::Closing;
+        if !peer.dirty && !peer.write_blocked {
+            // An empty queue still needs a flush: that is where the close happens.
+            peer.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Closes a client now, dropping whatever it is still owed.
+    fn close(&mut self, key: usize) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        if peer.state != State::Closed {
+            peer.state = State::Closed;
+            peer.out = Vec::new();
+            self.closed.push(key);
+        }
+    }
+
+    // ----- writing -----
+
+    fn write_out<W>(&mut self, key: usize, write: &mut W) -> io::Result<()>
+    where
+        W: FnMut(&mut S, &[u8]) -> io::Result<usize>,
+    {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return Ok(());
+        };
+        peer.dirty = false;
+        if peer.state == State::Closed {
+            return Ok(());
+        }
+        while !peer.out.is_empty() {
+            match write(&mut peer.socket, &peer.out) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => peer.wrote(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    peer.write_blocked = true;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if peer.state == State::Closing {
+            self.close(key);
+        } else if std::mem::take(&mut peer.input_paused) {
+            self.ready.push(key); // echo: room again for its input
+        }
+        Ok(())
+    }
+
+    // ----- timers -----
+
+    /// Sets a timer for a connection unless one of that kind is already set: an entry that
+    /// comes due too early is set again for the right time when it fires.
+    fn arm(&mut self, key: usize, timer: Timer, at: Instant) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        if peer.timers & timer.bit() == 0 {
+            peer.timers |= timer.bit();
+            self.deadlines.set(at, key, peer.generation, timer);
+        }
+    }
+
+    fn quiet_passed(&mut self, key: usize) {
+        let (Some(quiet), Some(peer)) = (self.config.flush_partial, self.peers.get(key)) else {
+            return;
+        };
+        if peer.state != State::Open || peer.framer.is_empty() || peer.framer.has_line() {
+            return;
+        }
+        let due = peer.last_input + quiet;
+        if due > self.now + Duration::from_millis(1) {
+            // More bytes came since this was set: the quiet starts again from them.
+            self.arm(key, Timer::FlushPartial, due);
+        } else {
+            self.flush_partial_line(key);
+        }
+    }
+
+    fn check_idle(&mut self, key: usize) {
+        let (Some(idle), Some(peer)) = (self.config.idle_timeout, self.peers.get(key)) else {
+            return;
+        };
+        if peer.state != State::Open {
+            return;
+        }
+        let due = peer.lines.last + idle;
+        if due > self.now + Duration::from_millis(1) {
+            return self.arm(key, Timer::Idle, due);
+        }
+        let secs = idle.as_secs();
+        self.queue(key, notice::idle(secs).as_bytes(), b"\n");
+        self.finish(key, Some(&notice::idle_reason(secs)));
+    }
+}
+
+/// Appends bytes (and `end`) to what a client is owed, or notes that its queue overflowed. A
+/// free function over the parts it needs, so that a broadcast can call it while it walks the
+/// room.
+fn queue<S>(
+    peers: &mut Slab<Peer<S>>,
+    dirty: &mut Vec<usize>,
+    overflowed: &mut Vec<usize>,
+    max_pending: usize,
+    key: usize,
+    bytes: &[u8],
+    end: &[u8],
+) {
+    let Some(peer) = peers.get_mut(key) else {
+        return;
+    };
+    if peer.state == State::Closed || peer.overflowed {
+        return;
+    }
+    if peer.out.len() + bytes.len() + end.len() > max_pending {
+        peer.overflowed = true;
+        overflowed.push(key);
+        return;
+    }
+    peer.out.extend_from_slice(bytes);
+    peer.out.extend_from_slice(end);
+    if !peer.dirty && !peer.write_blocked {
+        peer.dirty = true;
+        dirty.push(key);
+    }
+}
+
+/// What a frame means for its connection.
+enum Verdict {
+    Stay,
+    Close,
+    /// The first line was an HTTP request.
+    Foreign,
+}
+
+/// Acts on one frame from a client, by the server's mode. A free function over the parts it
+/// needs, because the frame borrows the connection's framer while the room runs.
+fn on_frame(
+    room: &mut Room,
+    out: &mut Vec<Out>,
+    config: &Config,
+    (key, addr): (usize, SocketAddr),
+    first: bool,
+    frame: Frame<'_>,
+) -> Verdict {
+    let raw = match frame {
+        Frame::TooLong => {
+            out.push(Out {
+                to: To::One(key),
+                line: notice::too_long(config.max_line),
+            });
+            return Verdict::Stay;
+        }
+        Frame::Line(raw) if first && framing::is_http_request(raw) => return Verdict::Foreign,
+        Frame::Line(raw) => raw,
+    };
+    match config.mode {
+        Mode::Chat => match room.receive(key, raw, out) {
+            After::Stay => Verdict::Stay,
+            After::Close => Verdict::Close,
+        },
+        // Echo never frames; this arm keeps the match whole.
+        Mode::Ack | Mode::Echo => match ack::answer(raw) {
+            Answer::Ignore => Verdict::Stay,
+            Answer::Received { reply, text } => {
+                out.push(Out {
+                    to: To::One(key),
+                    line: reply,
+                });
+                out.push(Out {
+                    to: To::Console,
+                    line: format!("{addr}: {text}"),
+                });
+                Verdict::Stay
+            }
+            Answer::Bye => {
+                out.push(Out {
+                    to: To::One(key),
+                    line: notice::BYE.to_owned(),
+                });
+                Verdict::Close
+            }
+        },
+    }
+}
+
+/// A socket error as the reason shown for a departure. A reset or a broken pipe is how many
+/// clients close (any that exits with input unread), so it is an ordinary departure.
+fn describe(e: &io::Error) -> Option<String> {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => None,
+        io::ErrorKind::TimedOut => Some("timed out".into()),
+        _ => Some(format!("error: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,117 @@
+//! One connection as the engine sees it: what it sent that is not yet a line, what it is owed,
+//! and where it stands with the limits. The socket itself is the event loop's, carried along
+//! as an opaque `S` so that one table holds everything about a connection.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::framing::Framer;
+use crate::rate::Bucket;
+
+/// Output capacity kept after a flush. A client that once had a long queue gives the memory
+/// back; one that gets a line now and then keeps a small buffer instead of reallocating.
+const OUT_KEEP: usize = 4 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// In the room: read, framed, delivered to.
+    Open,
+    /// Out of the room: its last lines are being written, its input is discarded.
+    Closing,
+    /// Done: handed back to the event loop to be closed, before the next poll.
+    Closed,
+}
+
+pub struct Peer<S> {
+    pub socket: S,
+    pub addr: SocketAddr,
+    /// Tells this connection's timers from those of an earlier one with the same key.
+    pub generation: u64,
+    pub state: State,
+    pub framer: Framer,
+    /// Bytes owed to the client, not yet taken by its socket.
+    pub out: Vec<u8>,
+    pub lines: Lines,
+    /// When bytes last arrived: the start of a flush-partial quiet.
+    pub last_input: Instant,
+    pub bytes_in: u64,
+    /// The peer closed its side; what it sent is still being handled.
+    pub eof: bool,
+    /// Timer kinds that have an entry in the deadline heap (one bit each).
+    pub timers: u8,
+    /// On the list of connections to write this turn.
+    pub dirty: bool,
+    /// The last write hit WouldBlock: wait for the socket to say it is writable.
+    pub write_blocked: bool,
+    /// Already on the list of connections whose queue overflowed.
+    pub overflowed: bool,
+    /// Echo mode: not read until its output is written, so it cannot fill the server's memory.
+    pub input_paused: bool,
+}
+
+impl<S> Peer<S> {
+    pub fn new(
+        socket: S,
+        addr: SocketAddr,
+        generation: u64,
+        framer: Framer,
+        lines: Lines,
+        now: Instant,
+    ) -> Peer<S> {
+        Peer {
+            socket,
+            addr,
+            generation,
+            state: State::Open,
+            framer,
+            out: Vec::new(),
+            lines,
+            last_input: now,
+            bytes_in: 0,
+            eof: false,
+            timers: 0,
+            dirty: false,
+            write_blocked: false,
+            overflowed: false,
+            input_paused: false,
+        }
+    }
+
+    /// The socket took `n` bytes of what is owed.
+    pub fn wrote(&mut self, n: usize) {
+        self.out.drain(..n);
+        if self.out.is_empty() && self.out.capacity() > OUT_KEEP {
+            self.out = Vec::new();
+        }
+    }
+}
+
+/// A client's lines as the limits see them. Kept apart from the framer, so that a line can be
+/// counted while the framer still lends it out.
+pub struct Lines {
+    /// The rate budget; `None` when `--rate 0`.
+    pub bucket: Option<Bucket>,
+    pub count: u64,
+    /// When the last line arrived: the start of an idle period.
+    pub last: Instant,
+}
+
+impl Lines {
+    pub fn new(bucket: Option<Bucket>, now: Instant) -> Lines {
+        Lines {
+            bucket,
+            count: 0,
+            last: now,
+        }
+    }
+
+    /// Counts a line against the budget; returns whether it is the client's first.
+    pub fn record(&mut self, now: Instant) -> bool {
+        if let Some(bucket) = self.bucket.as_mut() {
+            bucket.spend();
+        }
+        self.count += 1;
+        self.last = now;
+        self.count == 1
+    }
+}
