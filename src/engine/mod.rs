@@ -46,7 +46,8 @@ pub use peer::{Peer, State};
 pub const SCRATCH: usize = 64 * 1024;
 /// Bytes read from one client per turn before the others get their go.
 const FAIR_SHARE: usize = 64 * 1024;
-/// How long a leaving client has to read its last lines, and the server to flush at shutdown.
+/// How long a leaving client may go without reading its last lines, and how long the server
+/// flushes at shutdown.
 pub const LINGER: Duration = Duration::from_secs(2);
 
 pub struct Engine<S> {
@@ -284,12 +285,7 @@ impl<S> Engine<S> {
                 Timer::FlushPartial => self.quiet_passed(key),
                 Timer::RateResume => self.resume(key),
                 Timer::Idle => self.check_idle(key),
-                Timer::Linger => {
-                    if peer.state == State::Closing {
-                        log::debug!("{} did not read its last lines in time", peer.addr);
-                        self.close(key);
-                    }
-                }
+                Timer::Linger => self.check_linger(key),
             }
         }
     }
@@ -680,7 +676,10 @@ impl<S> Engine<S> {
         while !peer.out.is_empty() {
             match write(&mut peer.socket, &peer.out) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => peer.wrote(n),
+                Ok(n) => {
+                    peer.wrote(n);
+                    peer.last_output = self.now;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     peer.write_blocked = true;
                     return Ok(());
@@ -725,6 +724,23 @@ impl<S> Engine<S> {
         } else {
             self.flush_partial_line(key);
         }
+    }
+
+    /// A closing client is closed once it has read nothing for [`LINGER`]: one that never
+    /// reads cannot hold its slot, one that reads slowly still gets all it is owed.
+    fn check_linger(&mut self, key: usize) {
+        let Some(peer) = self.peers.get(key) else {
+            return;
+        };
+        if peer.state != State::Closing {
+            return;
+        }
+        let due = peer.last_output + LINGER;
+        if due > self.now + Duration::from_millis(1) {
+            return self.arm(key, Timer::Linger, due);
+        }
+        log::debug!("{} did not read its last lines in time", peer.addr);
+        self.close(key);
     }
 
     fn check_idle(&mut self, key: usize) {

@@ -34,6 +34,8 @@ pub struct Peer<S> {
     pub lines: Lines,
     /// When bytes last arrived: the start of a flush-partial quiet.
     pub last_input: Instant,
+    /// When the socket last took bytes: a closing client is given time while it keeps reading.
+    pub last_output: Instant,
     pub bytes_in: u64,
     /// The peer closed its side; what it sent is still being handled.
     pub eof: bool,
@@ -67,6 +69,7 @@ impl<S> Peer<S> {
             out: Vec::new(),
             lines,
             last_input: now,
+            last_output: now,
             bytes_in: 0,
             eof: false,
             timers: 0,

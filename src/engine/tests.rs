@@ -222,6 +222,35 @@ fn a_leaving_client_that_never_reads_is_closed_after_the_linger() {
 }
 
 #[test]
+fn a_leaving_client_that_reads_slowly_is_not_cut_off() {
+    let mut h = Harness::new(&["-m", "echo"]);
+    let a = h.connect();
+    h.engine.socket_mut(a).unwrap().full = true;
+    h.send(a, &[b'x'; 1000]);
+    h.engine.socket_mut(a).unwrap().eof = true;
+    h.engine.read(a, h.now, read);
+    for second in 1..=5 {
+        // It reads a little every second, for longer than the linger.
+        h.at(Duration::from_secs(second));
+        let socket = h.engine.socket_mut(a).unwrap();
+        socket.full = false;
+        socket.sent.clear();
+        h.engine.writable(a);
+        h.engine.flush(h.now, |s, bytes| {
+            write(s, &bytes[..bytes.len().min(150)]).inspect(|_| s.full = true)
+        });
+        assert!(
+            h.engine.take_closed().is_empty(),
+            "cut off at second {second}"
+        );
+    }
+    h.at(Duration::from_secs(6));
+    h.engine.socket_mut(a).unwrap().full = false;
+    h.engine.writable(a);
+    assert_eq!(h.turn().len(), 1, "closed once everything is read");
+}
+
+#[test]
 fn a_leaving_client_that_reads_gets_its_goodbye_then_the_close() {
     let mut h = Harness::new(&[]);
     let a = h.connect();

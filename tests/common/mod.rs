@@ -259,6 +259,17 @@ impl Server {
         clients.push(c);
     }
 
+    /// The UDP address of a server started with `--udp` or `--udp-port`, read from the second
+    /// stdout line (`[SERVER] Listening on UDP ADDR:PORT`); call it before any other transcript
+    /// read.
+    pub fn udp_addr(&self) -> SocketAddr {
+        let line = self.out_line();
+        line.strip_prefix("[SERVER] Listening on UDP ")
+            .unwrap_or_else(|| panic!("second line is not the UDP address: {line:?}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("no address in {line:?}: {e}"))
+    }
+
     /// The next transcript line, or a panic after [`WAIT`].
     pub fn out_line(&self) -> String {
         self.try_out_line(WAIT).expect("no transcript line in time")

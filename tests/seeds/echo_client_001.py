@@ -1,0 +1,19 @@
+# The echo server's TCP client of coursework seed 001 (/work/shared/seeds/001_82437b7427013d3e.txt),
+# copied verbatim: it sends `Hola, servidor!` with no newline and prints the reply.
+#!/usr/bin/python3
+
+import socket
+
+def start_client():
+
+	host = 'localhost'
+	port = 1234
+
+	with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+		s.connect((host, port))
+		s.sendall(b"Hola, servidor!")
+		data = s.recv(1024)
+
+	print(f"n[+] Mensaje recibido del servidor: {data.decode()}")
+
+start_client()
