@@ -97,20 +97,15 @@ impl Framer {
         self.pending.extend_from_slice(rest);
     }
 
-    /// Ends the current unfinished line (after a quiet period, or at the end of the stream):
-    /// it becomes a line of its own. Ends the discarding of an over-long line too.
-    pub fn flush(&mut self) -> Option<Frame<'_>> {
+    /// Ends the unfinished line (after a quiet period, or at the end of the stream): it becomes
+    /// a complete line, handed out by [`Framer::next`] like any other. Ends the discarding of
+    /// an over-long line too.
+    pub fn end_line(&mut self) {
         if self.discarding {
             self.end_discarding();
-            return None;
+        } else if self.pending.len() > self.start && self.pending.last() != Some(&b'\n') {
+            self.pending.push(b'\n');
         }
-        let (from, to) = (self.start, self.pending.len());
-        if from == to || find_lf(&self.pending[from..to]).is_some() {
-            // Nothing unfinished, or complete lines still wait for `next`.
-            return None;
-        }
-        self.start = to;
-        self.classify(from, to)
     }
 
     /// Whether bytes are held: an unfinished line or lines waiting for their turn.
@@ -249,8 +244,19 @@ mod tests {
             assert!(input.is_empty());
             assert!(f.held() <= max + 1, "held {} bytes", f.held());
         }
-        got.extend(f.flush().map(own));
+        got.extend(drain(&mut f));
         got
+    }
+
+    /// Ends the stream: the unfinished line, if any, is a line.
+    fn drain(f: &mut Framer) -> Vec<Got> {
+        f.end_line();
+        let mut rest = Vec::new();
+        let mut none: &[u8] = &[];
+        while let Some(frame) = f.next(&mut none) {
+            rest.push(own(frame));
+        }
+        rest
     }
 
     /// The specification, written the slow and obvious way.
@@ -302,15 +308,16 @@ mod tests {
     }
 
     #[test]
-    fn flush_ends_an_unfinished_line_and_discarding() {
+    fn ending_the_line_completes_it_and_ends_discarding() {
         let mut f = Framer::new(5);
         let mut input = &b"Hola"[..];
         assert_eq!(f.next(&mut input), None);
-        assert_eq!(f.flush(), Some(Frame::Line(b"Hola")));
-        assert_eq!(f.flush(), None);
+        f.end_line();
+        assert_eq!(drain(&mut f), [line("Hola")]);
+        assert_eq!(drain(&mut f), []);
         let mut input = &b"too long"[..];
         assert_eq!(f.next(&mut input), Some(Frame::TooLong));
-        assert_eq!(f.flush(), None);
+        assert_eq!(drain(&mut f), []);
         let mut input = &b"ok\n"[..];
         assert_eq!(f.next(&mut input), Some(Frame::Line(b"ok")));
     }
@@ -322,7 +329,6 @@ mod tests {
         assert_eq!(f.next(&mut input), Some(Frame::Line(b"one")));
         f.keep(input);
         assert!(f.has_line());
-        assert_eq!(f.flush(), None, "a waiting line is not an unfinished one");
         let mut input = &b"ee\n"[..];
         assert_eq!(f.next(&mut input), Some(Frame::Line(b"two")));
         assert_eq!(f.next(&mut input), Some(Frame::Line(b"three")));
@@ -389,7 +395,7 @@ mod tests {
             while let Some(frame) = f.next(&mut empty) {
                 got.push(own(frame));
             }
-            got.extend(f.flush().map(own));
+                        got.extend(drain(&mut f));
             prop_assert_eq!(got, model(50, &stream));
         }
     }

@@ -455,9 +455,12 @@ impl<S> Engine<S> {
             return;
         }
         if peer.eof {
-            // Its last words: an unterminated line counts, then it leaves.
-            self.flush_partial_line(key);
-            self.finish(key, None);
+            // Its last words: an unterminated line counts, then it leaves (once the rate
+            // budget lets that line through, if it holds it back).
+            self.end_line(key);
+            if self.peers.get(key).is_some_and(|p| !p.framer.has_line()) {
+                self.finish(key, None);
+            }
         } else if !peer.framer.is_empty()
             && let Some(quiet) = self.config.flush_partial
         {
@@ -475,28 +478,13 @@ impl<S> Engine<S> {
         }
     }
 
-    /// The quiet after an unfinished line has passed (or the stream ended): the line is taken
-    /// as complete.
-    fn flush_partial_line(&mut self, key: usize) {
-        let Some(peer) = self.peers.get_mut(key) else {
-            return;
-        };
-        let Some(frame) = peer.framer.flush() else {
-            return;
-        };
-        // An unfinished line is a line: it counts against the rate like any other. The budget
-        // may go below zero here, which only delays the client's next line.
-        let first = peer.lines.record(self.now);
-        let from = (key, peer.addr);
-        let verdict = on_frame(
-            &mut self.room,
-            &mut self.out,
-            &self.config,
-            from,
-            first,
-            frame,
-        );
-        self.settle(key, verdict);
+    /// The quiet after an unfinished line has passed, or the stream ended: the line is complete,
+    /// and taken like any other (rate budget included).
+    fn end_line(&mut self, key: usize) {
+        if let Some(peer) = self.peers.get_mut(key) {
+            peer.framer.end_line();
+        }
+        self.take_lines(key, &[]);
     }
 
     /// Delivers what a frame produced and carries out what it means for the connection.
@@ -605,6 +593,9 @@ impl<S> Engine<S> {
     /// not read any more, and closed once its last lines are written or [`LINGER`] is over.
     /// For a client already out of the room (it quit, or was kicked) only the closing is left.
     fn finish(&mut self, key: usize, reason: Option<&str>) {
+        if self.peers.get(key).is_none_or(|p| p.state != State::Open) {
+            return; // already on its way out
+        }
         self.part(key, reason);
         self.linger(key);
         self.arm(key, Timer::Linger, self.now + LINGER);
@@ -722,7 +713,7 @@ impl<S> Engine<S> {
             // More bytes came since this was set: the quiet starts again from them.
             self.arm(key, Timer::FlushPartial, due);
         } else {
-            self.flush_partial_line(key);
+            self.end_line(key);
         }
     }
 

@@ -52,7 +52,7 @@ struct Harness {
 
 impl Harness {
     fn new(flags: &[&str]) -> Harness {
-        let Ok(Parsed::Run(config)) = config::parse("test", &[&["-q"], flags].concat()) else {
+        let Ok(Parsed::Run(config)) = config::parse("test", flags) else {
             panic!("bad flags {flags:?}");
         };
         let t0 = Instant::now();
@@ -357,4 +357,25 @@ fn shutdown_tells_everyone_and_waits_for_their_queues() {
     );
     assert!(!h.engine.is_finished(h.now), "b still has lines to read");
     assert!(h.engine.is_finished(h.now + LINGER), "but not forever");
+}
+
+#[test]
+fn a_last_unterminated_exit_word_says_goodbye_once() {
+    let mut h = Harness::new(&["-m", "ack"]);
+    let a = h.connect();
+    let socket = h.engine.socket_mut(a).unwrap();
+    socket.input.push_back(b"exit".to_vec());
+    socket.eof = true;
+    h.engine.read(a, h.now, read);
+    let closed = h.turn();
+    assert_eq!(
+        String::from_utf8_lossy(&closed[0].socket.sent),
+        "[SERVER] Bye!\n"
+    );
+    let transcript = String::from_utf8_lossy(h.engine.transcript()).into_owned();
+    assert_eq!(
+        transcript.matches("disconnected").count(),
+        1,
+        "{transcript}"
+    );
 }

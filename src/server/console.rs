@@ -89,7 +89,8 @@ fn read_stdin(tx: &SyncSender<Input>, waker: &Waker) {
             }
         }
     }
-    if let Some(Frame::Line(last)) = framer.flush() {
+    framer.end_line();
+    if let Some(Frame::Line(last)) = framer.next(&mut &[][..]) {
         send(Input::Line(last.to_vec()));
     }
     send(Input::Closed);
