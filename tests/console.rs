@@ -217,3 +217,62 @@ fn sigterm_notifies_every_client_and_exits_0() {
 fn sigint_notifies_every_client_and_exits_0() {
     signal_shuts_down_cleanly("INT");
 }
+
+#[test]
+fn a_stdout_nobody_reads_never_stops_the_server() {
+    // `loopchat-server | less`, with less waiting for a key: the pipe fills and stays full.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_loopchat-server"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-console",
+            "--rate",
+            "0",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn loopchat-server");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let _reaper = common::Reaper(child);
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    let addr = first
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut alice = Server::greet(Client::connect(addr));
+    alice.rename("alice");
+    let mut bob = Server::greet(Client::connect(addr));
+    alice.expect_prefix("[SERVER] Client: guest2 connected!");
+    bob.rename("bob");
+    alice.expect_prefix("[SERVER] guest2 is now known as bob");
+
+    // About 1.4 MB of transcript: more than the pipe and the server's backlog together.
+    for batch in 0..100 {
+        pump_batch(&mut alice, &mut bob, batch * 100, 100);
+    }
+    // Bob got every line while nobody read the transcript: the server never waited for it.
+    // Now read it: what fitted, then how many lines were dropped, then it goes on as before.
+    let transcript = common::lines_channel(stdout);
+    let is_note =
+        |l: &String| l.contains("transcript lines dropped: standard output was not being read");
+    let dropped = std::iter::from_fn(|| transcript.recv_timeout(common::WAIT).ok())
+        .find(is_note)
+        .expect("the transcript says how many lines it dropped");
+    alice.send("back to normal");
+    bob.expect_line("alice: back to normal");
+    let next = transcript
+        .recv_timeout(common::WAIT)
+        .expect("the transcript goes on");
+    assert_eq!(next, "alice: back to normal");
+    let n: usize = dropped.split(' ').nth(1).unwrap().parse().unwrap();
+    // 10,000 lines of 145 bytes: 1.45 MB, of which the pipe and the backlog hold about 1.1.
+    assert!((1000..5000).contains(&n), "{dropped}");
+    println!("{dropped}");
+}

@@ -45,6 +45,8 @@ const ACCEPTS_PER_TURN: usize = 256;
 const DATAGRAMS_PER_TURN: usize = 256;
 /// Events taken from the kernel per poll; more simply wait for the next turn.
 const EVENTS: usize = 1024;
+/// How soon to try again to write transcript lines that standard output would not take.
+const STDOUT_RETRY: Duration = Duration::from_millis(50);
 
 /// Why the server could not run.
 #[derive(Debug)]
@@ -110,7 +112,7 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         None
     };
     // The address lines are printed even with -q: scripts and tests read the port from them.
-    let mut stdout = Stdout::default();
+    let mut stdout = Stdout::open();
     stdout.write(format!("{}\n", notice::listening(local)).as_bytes());
     if let Some(socket) = &udp {
         stdout.write(format!("{}\n", notice::listening_udp(socket.local_addr()?)).as_bytes());
@@ -234,14 +236,14 @@ impl Server {
         if self.accept_again || self.udp_again || self.engine.has_ready() {
             return Some(Duration::ZERO);
         }
-        let engine = self.engine.next_deadline(self.now);
+        let stdout = self.stdout.is_backlogged().then_some(STDOUT_RETRY);
         let accept = self
             .accept_paused_until
             .map(|at| at.saturating_duration_since(self.now));
-        match (engine, accept) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.engine.next_deadline(self.now), accept, stdout]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn accept(&mut self) {
