@@ -59,14 +59,13 @@ pub struct Engine<S> {
     scratch: Vec<u8>,
     /// Lines the room produced and [`Engine::deliver`] has yet to route.
     out: Vec<Out>,
-    /// Connections with output to write before the next poll.
-    dirty: Vec<usize>,
+    /// What is owed and who must be written to or dropped before the next poll.
+    outbox: Outbox,
     /// Connections to read again without waiting for an event.
     ready: Vec<usize>,
     /// Connections to close before the next poll.
     closed: Vec<usize>,
-    /// Connections whose queue passed `--max-pending` during a delivery.
-    overflowed: Vec<usize>,
+
     /// Standard output, gathered during a turn.
     transcript: Vec<u8>,
     next_generation: u64,
@@ -84,10 +83,13 @@ impl<S> Engine<S> {
             deadlines: Deadlines::default(),
             scratch: vec![0; SCRATCH],
             out: Vec::new(),
-            dirty: Vec::new(),
+            outbox: Outbox {
+                max_pending: config.max_pending,
+                dirty: Vec::new(),
+                overflowed: Vec::new(),
+            },
             ready: Vec::new(),
             closed: Vec::new(),
-            overflowed: Vec::new(),
             transcript: Vec::new(),
             next_generation: 0,
             shutdown_at: None,
@@ -247,9 +249,8 @@ impl<S> Engine<S> {
             return;
         };
         peer.write_blocked = false;
-        if !peer.out.is_empty() && !peer.dirty {
-            peer.dirty = true;
-            self.dirty.push(key);
+        if !peer.out.is_empty() {
+            self.outbox.mark_dirty(peer, key);
         }
     }
 
@@ -261,8 +262,8 @@ impl<S> Engine<S> {
         W: FnMut(&mut S, &[u8]) -> io::Result<usize>,
     {
         self.now = now;
-        while !self.dirty.is_empty() {
-            for key in std::mem::take(&mut self.dirty) {
+        while !self.outbox.dirty.is_empty() {
+            for key in std::mem::take(&mut self.outbox.dirty) {
                 if let Err(e) = self.write_out(key, &mut write) {
                     self.drop_client(key, &e);
                 }
@@ -404,7 +405,7 @@ impl<S> Engine<S> {
             State::Closing | State::Closed => return,
         }
         if self.config.mode == Mode::Echo {
-            return self.queue(key, bytes, b"");
+            return self.outbox.queue(&mut self.peers, key, bytes);
         }
         if first_read && framing::is_tls_hello(bytes) {
             return self.reject_foreign(key, notice::NOT_TLS, "sent a TLS handshake");
@@ -499,7 +500,8 @@ impl<S> Engine<S> {
 
     /// A client speaking another protocol gets one line of explanation and is closed.
     fn reject_foreign(&mut self, key: usize, line: &str, reason: &str) {
-        self.queue(key, line.as_bytes(), b"\n");
+        self.outbox
+            .queue(&mut self.peers, key, format!("{line}\n").as_bytes());
         self.finish(key, Some(reason));
     }
 
@@ -512,44 +514,29 @@ impl<S> Engine<S> {
         while !self.out.is_empty() {
             let mut batch = std::mem::take(&mut self.out);
             for Out { to, line } in batch.drain(..) {
-                let bytes = line.as_bytes();
-                match to {
-                    To::One(key) => self.queue(key, bytes, b"\n"),
-                    To::Console => self.print(&line),
-                    To::Others(except) => {
-                        self.print(&line);
-                        for key in self.room.members().filter(|&k| k != except) {
-                            queue(
-                                &mut self.peers,
-                                &mut self.dirty,
-                                &mut self.overflowed,
-                                self.config.max_pending,
-                                key,
-                                bytes,
-                                b"\n",
-                            );
-                        }
+                let mut bytes = line.into_bytes();
+                bytes.push(b'\n'); // once per line, not once per recipient
+                let except = match to {
+                    To::One(key) => {
+                        self.outbox.queue(&mut self.peers, key, &bytes);
+                        continue;
                     }
-                    To::All => {
-                        self.print(&line);
-                        for key in self.room.members() {
-                            queue(
-                                &mut self.peers,
-                                &mut self.dirty,
-                                &mut self.overflowed,
-                                self.config.max_pending,
-                                key,
-                                bytes,
-                                b"\n",
-                            );
-                        }
+                    To::Console => {
+                        self.print(&bytes);
+                        continue;
                     }
+                    To::Others(sender) => Some(sender),
+                    To::All => None,
+                };
+                self.print(&bytes);
+                for key in self.room.members().filter(|&k| Some(k) != except) {
+                    self.outbox.queue(&mut self.peers, key, &bytes);
                 }
             }
             if self.out.is_empty() {
                 self.out = batch; // keep the capacity
             }
-            for key in std::mem::take(&mut self.overflowed) {
+            for key in std::mem::take(&mut self.outbox.overflowed) {
                 let unread = self.peers.get(key).map_or(0, |p| p.out.len());
                 log::warn!(
                     "dropping client {key}: {unread} bytes unread (--max-pending {})",
@@ -561,23 +548,10 @@ impl<S> Engine<S> {
         }
     }
 
-    /// Appends bytes (and `end`) to what a client is owed.
-    fn queue(&mut self, key: usize, bytes: &[u8], end: &[u8]) {
-        queue(
-            &mut self.peers,
-            &mut self.dirty,
-            &mut self.overflowed,
-            self.config.max_pending,
-            key,
-            bytes,
-            end,
-        );
-    }
-
-    fn print(&mut self, line: &str) {
+    /// A line (with its newline) for standard output.
+    fn print(&mut self, line: &[u8]) {
         if !self.config.quiet {
-            self.transcript.extend_from_slice(line.as_bytes());
-            self.transcript.push(b'\n');
+            self.transcript.extend_from_slice(line);
         }
     }
 
@@ -632,11 +606,8 @@ impl<S> Engine<S> {
             return;
         }
         peer.state = State::Closing;
-        if !peer.dirty && !peer.write_blocked {
-            // An empty queue still needs a flush: that is where the close happens.
-            peer.dirty = true;
-            self.dirty.push(key);
-        }
+        // An empty queue still needs a flush: that is where the close happens.
+        self.outbox.mark_dirty(peer, key);
     }
 
     /// Closes a client now, dropping whatever it is still owed.
@@ -746,39 +717,49 @@ impl<S> Engine<S> {
             return self.arm(key, Timer::Idle, due);
         }
         let secs = idle.as_secs();
-        self.queue(key, notice::idle(secs).as_bytes(), b"\n");
+        self.outbox.queue(
+            &mut self.peers,
+            key,
+            format!("{}\n", notice::idle(secs)).as_bytes(),
+        );
         self.finish(key, Some(&notice::idle_reason(secs)));
     }
 }
 
-/// Appends bytes (and `end`) to what a client is owed, or notes that its queue overflowed. A
-/// free function over the parts it needs, so that a broadcast can call it while it walks the
-/// room.
-fn queue<S>(
-    peers: &mut Slab<Peer<S>>,
-    dirty: &mut Vec<usize>,
-    overflowed: &mut Vec<usize>,
+/// What is owed and to whom: the connections to write before the next poll, and those whose
+/// queue overflowed during a delivery. Apart from the table of peers, so that a broadcast can
+/// queue to every member while it walks the room.
+struct Outbox {
     max_pending: usize,
-    key: usize,
-    bytes: &[u8],
-    end: &[u8],
-) {
-    let Some(peer) = peers.get_mut(key) else {
-        return;
-    };
-    if peer.state == State::Closed || peer.overflowed {
-        return;
+    dirty: Vec<usize>,
+    overflowed: Vec<usize>,
+}
+
+impl Outbox {
+    /// Appends bytes to what a client is owed, or notes that its queue overflowed.
+    fn queue<S>(&mut self, peers: &mut Slab<Peer<S>>, key: usize, bytes: &[u8]) {
+        let Some(peer) = peers.get_mut(key) else {
+            return;
+        };
+        if peer.state == State::Closed || peer.overflowed {
+            return;
+        }
+        if peer.out.len() + bytes.len() > self.max_pending {
+            peer.overflowed = true;
+            self.overflowed.push(key);
+            return;
+        }
+        peer.out.extend_from_slice(bytes);
+        self.mark_dirty(peer, key);
     }
-    if peer.out.len() + bytes.len() + end.len() > max_pending {
-        peer.overflowed = true;
-        overflowed.push(key);
-        return;
-    }
-    peer.out.extend_from_slice(bytes);
-    peer.out.extend_from_slice(end);
-    if !peer.dirty && !peer.write_blocked {
-        peer.dirty = true;
-        dirty.push(key);
+
+    /// Puts a connection on the list to write this turn, unless it is there already or its
+    /// socket is full (a writable event will put it back).
+    fn mark_dirty<S>(&mut self, peer: &mut Peer<S>, key: usize) {
+        if !peer.dirty && !peer.write_blocked {
+            peer.dirty = true;
+            self.dirty.push(key);
+        }
     }
 }
 
