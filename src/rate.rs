@@ -35,6 +35,12 @@ impl Bucket {
         self.tokens -= 1.0;
     }
 
+    /// Whether the budget is whole again: a bucket in this state remembers nothing worth keeping.
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+
     /// When the next whole line will be allowed.
     pub fn next_at(&mut self, now: Instant) -> Instant {
         self.refill(now);

@@ -22,6 +22,7 @@ mod admission;
 pub mod deadlines;
 mod peer;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -46,6 +47,9 @@ pub use peer::{Peer, State};
 pub const SCRATCH: usize = 64 * 1024;
 /// Bytes read from one client per turn before the others get their go.
 const FAIR_SHARE: usize = 64 * 1024;
+/// UDP senders whose rate budget is remembered at once. Past this, senders with a full budget
+/// are forgotten; if every one is busy, datagrams from new senders are dropped.
+const UDP_SENDERS: usize = 4096;
 /// How long a leaving client may go without reading its last lines, and how long the server
 /// flushes at shutdown.
 pub const LINGER: Duration = Duration::from_secs(2);
@@ -68,6 +72,8 @@ pub struct Engine<S> {
 
     /// Standard output, gathered during a turn.
     transcript: Vec<u8>,
+    /// The `--rate` budget of each UDP sender, by address.
+    udp_budgets: HashMap<SocketAddr, Bucket>,
     next_generation: u64,
     shutdown_at: Option<Instant>,
     /// The time of the event being handled, given by the caller.
@@ -91,6 +97,7 @@ impl<S> Engine<S> {
             ready: Vec::new(),
             closed: Vec::new(),
             transcript: Vec::new(),
+            udp_budgets: HashMap::new(),
             next_generation: 0,
             shutdown_at: None,
             now,
@@ -317,6 +324,13 @@ impl<S> Engine<S> {
         if self.config.mode == Mode::Echo {
             return Some(bytes.to_vec());
         }
+        if !self.udp_allows(from) {
+            log::debug!(
+                "datagram from {from} dropped: over --rate {}",
+                self.config.rate
+            );
+            return None;
+        }
         let reply = match framing::datagram(bytes, self.config.max_line) {
             Frame::TooLong => notice::too_long(self.config.max_line),
             Frame::Line(raw) => match ack::answer(raw) {
@@ -336,6 +350,31 @@ impl<S> Engine<S> {
             },
         };
         Some(format!("{reply}\n").into_bytes())
+    }
+
+    /// `--rate` for UDP, per sender address. A datagram cannot wait in the sender's socket as a
+    /// TCP line does (nothing tells the sender to slow down), so one over the budget is dropped,
+    /// as UDP allows.
+    fn udp_allows(&mut self, from: SocketAddr) -> bool {
+        let (rate, now) = (self.config.rate, self.now);
+        if rate == 0 {
+            return true;
+        }
+        if self.udp_budgets.len() >= UDP_SENDERS && !self.udp_budgets.contains_key(&from) {
+            self.udp_budgets.retain(|_, bucket| !bucket.is_full(now));
+            if self.udp_budgets.len() >= UDP_SENDERS {
+                return false;
+            }
+        }
+        let bucket = self
+            .udp_budgets
+            .entry(from)
+            .or_insert_with(|| Bucket::new(rate, now));
+        let allowed = bucket.allows(now);
+        if allowed {
+            bucket.spend();
+        }
+        allowed
     }
 
     /// Tells everyone the server is stopping and gives their queues [`LINGER`] to drain. A

@@ -379,3 +379,33 @@ fn a_last_unterminated_exit_word_says_goodbye_once() {
         "{transcript}"
     );
 }
+
+#[test]
+fn udp_senders_keep_to_the_rate_and_the_excess_is_dropped() {
+    let mut h = Harness::new(&["--rate", "2", "--udp"]);
+    let a = h.connect();
+    let flooder: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let other: SocketAddr = "127.0.0.1:50001".parse().unwrap();
+    let replies = (0..10)
+        .filter(|i| {
+            h.engine
+                .datagram(format!("flood {i}").as_bytes(), flooder, h.now)
+                .is_some()
+        })
+        .count();
+    assert_eq!(replies, 4, "a burst of 2N, then nothing");
+    assert!(
+        h.engine.datagram(b"hello", other, h.now).is_some(),
+        "another sender has its own budget"
+    );
+    h.at(Duration::from_secs(1));
+    assert!(
+        h.engine.datagram(b"later", flooder, h.now).is_some(),
+        "the budget refills"
+    );
+    h.turn();
+    let got = h.take(a);
+    assert_eq!(got.len(), 6, "{got:?}");
+    assert_eq!(got[0], "127.0.0.1:50000: flood 0");
+    assert_eq!(got[5], "127.0.0.1:50000: later");
+}
