@@ -144,6 +144,11 @@ pub fn listening_udp(addr: SocketAddr) -> String {
     format!("[SERVER] Listening on UDP {addr}")
 }
 
+/// Where the transcript dropped lines because standard output was not being read.
+pub fn transcript_dropped(lines: u64) -> String {
+    format!("[SERVER] {lines} transcript lines dropped: standard output was not being read")
+}
+
 /// A console line for every client.
 pub fn from_console(text: &str) -> String {
     format!("SERVER: {text}")

@@ -17,6 +17,8 @@ use std::io::{self, Write};
 
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 
+use crate::notice;
+
 /// Transcript bytes held for a reader that is not reading.
 const BACKLOG: usize = 1024 * 1024;
 
@@ -47,10 +49,9 @@ impl Stdout {
         if self.dropped > 0 && self.pending.len() <= BACKLOG / 2 {
             // The reader caught up: say, where the gap is, how many lines fell into it.
             let n = std::mem::take(&mut self.dropped);
-            let note = format!(
-                "[SERVER] {n} transcript lines dropped: standard output was not being read\n"
-            );
-            self.pending.extend_from_slice(note.as_bytes());
+            self.pending
+                .extend_from_slice(notice::transcript_dropped(n).as_bytes());
+            self.pending.push(b'\n');
         }
         // Once dropping, go on until half the backlog is read, rather than letting one line in
         // whenever a little room appears.
