@@ -50,11 +50,14 @@ impl Deadlines {
             .map(|Reverse((at, ..))| at.saturating_duration_since(now))
     }
 
-    /// Takes one entry that is due. Entries less than a millisecond away count as due: `poll`
-    /// sleeps in whole milliseconds, and waking early only to sleep zero would spin.
+    /// Takes one entry that is due. Strictly: mio rounds poll timeouts up to the millisecond,
+    /// so the loop never wakes before a deadline; and an entry set again during this turn for
+    /// any time after `now` cannot come back in the same turn (with a tolerance, a rate timer
+    /// a fraction of a millisecond away came due, found no budget yet, was set again and came
+    /// due again, forever).
     pub fn pop_due(&mut self, now: Instant) -> Option<(usize, u64, Timer)> {
         let Reverse((at, ..)) = self.heap.peek()?;
-        if *at > now + Duration::from_millis(1) {
+        if *at > now {
             return None;
         }
         let Reverse((_, key, generation, timer)) = self.heap.pop()?;

@@ -54,6 +54,15 @@ const UDP_SENDERS: usize = 4096;
 /// flushes at shutdown.
 pub const LINGER: Duration = Duration::from_secs(2);
 
+/// What the engine needs of a connection's socket. The event loop gives it mio's `TcpStream`;
+/// tests give it a fake that hands out chunks, fills up, and records what it was sent.
+pub trait Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize>;
+    /// Ends the stream in this direction (a FIN after what was written); reading goes on.
+    fn shutdown_write(&mut self);
+}
+
 pub struct Engine<S> {
     config: Config,
     room: Room,
@@ -80,7 +89,7 @@ pub struct Engine<S> {
     now: Instant,
 }
 
-impl<S> Engine<S> {
+impl<S: Socket> Engine<S> {
     pub fn new(config: Config, now: Instant) -> Engine<S> {
         Engine {
             room: Room::new(config.welcome.clone(), config.announce_limit),
@@ -213,26 +222,34 @@ impl<S> Engine<S> {
         Ok(key)
     }
 
-    /// The client's socket is readable, or may be: reads through `read` until it has nothing
-    /// more (WouldBlock, as edge triggering requires), or the client may not send more now
-    /// (rate budget, echo backpressure), or its fair share of the turn is used. In the last
-    /// case it goes on the ready list, since no new event would come for it.
-    pub fn read<R>(&mut self, key: usize, now: Instant, mut read: R)
-    where
-        R: FnMut(&mut S, &mut [u8]) -> io::Result<usize>,
-    {
+    /// The client's socket is readable, or may be: reads until it has nothing more
+    /// (WouldBlock, as edge triggering requires), or the client may not send more now (rate
+    /// budget, echo backpressure), or its fair share of the turn is used. In the last case it
+    /// goes on the ready list, since no new event would come for it.
+    pub fn read(&mut self, key: usize, now: Instant) {
         self.now = now;
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut share = FAIR_SHARE;
         while let Some(want) = self.input_budget(key) {
             let peer = &mut self.peers[key];
-            let n = match read(&mut peer.socket, &mut scratch[..want.min(share)]) {
+            let n = match peer.socket.read(&mut scratch[..want.min(share)]) {
+                Ok(0) if peer.state == State::Draining => {
+                    // The client has read our end of the stream and closed its own.
+                    self.close(key);
+                    break;
+                }
                 Ok(0) => {
                     peer.eof = true;
                     break;
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(n) => {
+                    peer.drained = false;
+                    n
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    peer.drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.drop_client(key, &e);
@@ -261,17 +278,14 @@ impl<S> Engine<S> {
         }
     }
 
-    /// Writes, through `write`, what every connection with queued output is owed, until all
-    /// is written or its socket is full. A failure drops the client, whose departure is more
-    /// output: this repeats until nothing is left to write.
-    pub fn flush<W>(&mut self, now: Instant, mut write: W)
-    where
-        W: FnMut(&mut S, &[u8]) -> io::Result<usize>,
-    {
+    /// Writes what every connection with queued output is owed, until all is written or its
+    /// socket is full. A failure drops the client, whose departure is more output: this
+    /// repeats until nothing is left to write.
+    pub fn flush(&mut self, now: Instant) {
         self.now = now;
         while !self.outbox.dirty.is_empty() {
             for key in std::mem::take(&mut self.outbox.dirty) {
-                if let Err(e) = self.write_out(key, &mut write) {
+                if let Err(e) = self.write_out(key) {
                     self.drop_client(key, &e);
                 }
             }
@@ -407,10 +421,8 @@ impl<S> Engine<S> {
         if peer.eof || peer.input_paused || peer.state == State::Closed {
             return None;
         }
-        if peer.state == State::Closing {
-            // Read and thrown away: closing a socket with unread input sends a reset, which
-            // could destroy the last lines on their way to the client.
-            return Some(SCRATCH);
+        if matches!(peer.state, State::Closing | State::Draining) {
+            return Some(SCRATCH); // read and thrown away, so that the close is clean
         }
         if self.config.mode == Mode::Echo {
             let room = self.config.max_pending.saturating_sub(peer.out.len());
@@ -439,9 +451,8 @@ impl<S> Engine<S> {
         peer.last_input = self.now;
         let first_read = peer.bytes_in == 0;
         peer.bytes_in += bytes.len() as u64;
-        match peer.state {
-            State::Open => {}
-            State::Closing | State::Closed => return,
+        if peer.state != State::Open {
+            return; // on its way out: input is discarded
         }
         if self.config.mode == Mode::Echo {
             return self.outbox.queue(&mut self.peers, key, bytes);
@@ -598,7 +609,9 @@ impl<S> Engine<S> {
 
     /// A socket error ends a client: it leaves the room and is closed without flushing.
     fn drop_client(&mut self, key: usize, error: &io::Error) {
-        self.part(key, describe(error).as_deref());
+        if self.peers.get(key).is_some_and(|p| p.state == State::Open) {
+            self.part(key, describe(error).as_deref());
+        }
         self.close(key);
     }
 
@@ -663,10 +676,7 @@ impl<S> Engine<S> {
 
     // ----- writing -----
 
-    fn write_out<W>(&mut self, key: usize, write: &mut W) -> io::Result<()>
-    where
-        W: FnMut(&mut S, &[u8]) -> io::Result<usize>,
-    {
+    fn write_out(&mut self, key: usize) -> io::Result<()> {
         let Some(peer) = self.peers.get_mut(key) else {
             return Ok(());
         };
@@ -675,7 +685,7 @@ impl<S> Engine<S> {
             return Ok(());
         }
         while !peer.out.is_empty() {
-            match write(&mut peer.socket, &peer.out) {
+            match peer.socket.write(&peer.out) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     peer.wrote(n);
@@ -690,7 +700,17 @@ impl<S> Engine<S> {
             }
         }
         if peer.state == State::Closing {
-            self.close(key);
+            if peer.eof {
+                // It has sent all it will send: nothing unread can turn the close into a reset.
+                self.close(key);
+            } else {
+                // Our end of the stream goes after every byte; then wait for its end, reading
+                // and discarding. Closing a socket with input unread sends a reset instead,
+                // which can destroy the last lines still on their way to the client.
+                peer.socket.shutdown_write();
+                peer.state = State::Draining;
+                self.ready.push(key); // input may be waiting already, with no event to come
+            }
         } else if std::mem::take(&mut peer.input_paused) {
             self.ready.push(key); // echo: room again for its input
         }
@@ -718,8 +738,13 @@ impl<S> Engine<S> {
         if peer.state != State::Open || peer.framer.is_empty() || peer.framer.has_line() {
             return;
         }
+        if !peer.drained {
+            // The rest of the line may wait in the socket while the server holds the client
+            // back: that quiet is ours. The read that finds the socket empty sets this again.
+            return;
+        }
         let due = peer.last_input + quiet;
-        if due > self.now + Duration::from_millis(1) {
+        if due > self.now {
             // More bytes came since this was set: the quiet starts again from them.
             self.arm(key, Timer::FlushPartial, due);
         } else {
@@ -733,11 +758,11 @@ impl<S> Engine<S> {
         let Some(peer) = self.peers.get(key) else {
             return;
         };
-        if peer.state != State::Closing {
+        if !matches!(peer.state, State::Closing | State::Draining) {
             return;
         }
         let due = peer.last_output + LINGER;
-        if due > self.now + Duration::from_millis(1) {
+        if due > self.now {
             return self.arm(key, Timer::Linger, due);
         }
         log::debug!("{} did not read its last lines in time", peer.addr);
@@ -752,7 +777,7 @@ impl<S> Engine<S> {
             return;
         }
         let due = peer.lines.last + idle;
-        if due > self.now + Duration::from_millis(1) {
+        if due > self.now {
             return self.arm(key, Timer::Idle, due);
         }
         let secs = idle.as_secs();

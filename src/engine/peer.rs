@@ -20,6 +20,9 @@ pub enum State {
     Open,
     /// Out of the room: its last lines are being written, its input is discarded.
     Closing,
+    /// All written and our end of the stream sent: waiting for the client to close its own,
+    /// its input still discarded.
+    Draining,
     /// Done: handed back to the event loop to be closed, before the next poll.
     Closed,
 }
@@ -41,6 +44,9 @@ pub struct Peer<S> {
     pub bytes_in: u64,
     /// The peer closed its side; what it sent is still being handled.
     pub eof: bool,
+    /// The last read found the socket empty. Until then, a pause in the client's input may be
+    /// the server's doing (rate limit, fair share), not the client's.
+    pub drained: bool,
     /// Timer kinds that have an entry in the deadline heap (one bit each).
     pub timers: u8,
     /// On the list of connections to write this turn.
@@ -74,6 +80,7 @@ impl<S> Peer<S> {
             last_output: now,
             bytes_in: 0,
             eof: false,
+            drained: false,
             timers: 0,
             dirty: false,
             write_blocked: false,

@@ -9,39 +9,51 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::config::{self, Parsed};
 
-/// A socket as the engine sees it: input to hand out, what it was sent, and whether it is
-/// full.
+/// A socket as the engine sees it: input to hand out, what it was sent, whether it is full.
 #[derive(Default)]
 struct Fake {
     input: VecDeque<Vec<u8>>,
+    /// The client has closed its side: reads end once `input` is taken.
     eof: bool,
     sent: Vec<u8>,
     full: bool,
+    /// Takes at most this many bytes, then is full (a client that reads slowly).
+    take: Option<usize>,
+    /// The engine sent its end of the stream.
+    shut: bool,
 }
 
-fn read(s: &mut Fake, buf: &mut [u8]) -> io::Result<usize> {
-    let Some(chunk) = s.input.front_mut() else {
-        return if s.eof {
-            Ok(0)
-        } else {
-            Err(io::ErrorKind::WouldBlock.into())
+impl Socket for Fake {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(chunk) = self.input.front_mut() else {
+            return if self.eof {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
         };
-    };
-    let n = chunk.len().min(buf.len());
-    buf[..n].copy_from_slice(&chunk[..n]);
-    chunk.drain(..n);
-    if chunk.is_empty() {
-        s.input.pop_front();
+        let n = chunk.len().min(buf.len());
+        buf[..n].copy_from_slice(&chunk[..n]);
+        chunk.drain(..n);
+        if chunk.is_empty() {
+            self.input.pop_front();
+        }
+        Ok(n)
     }
-    Ok(n)
-}
 
-fn write(s: &mut Fake, bytes: &[u8]) -> io::Result<usize> {
-    if s.full {
-        return Err(io::ErrorKind::WouldBlock.into());
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.full {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.take.map_or(bytes.len(), |most| most.min(bytes.len()));
+        self.full = self.take.is_some();
+        self.sent.extend_from_slice(&bytes[..n]);
+        Ok(n)
     }
-    s.sent.extend_from_slice(bytes);
-    Ok(bytes.len())
+
+    fn shutdown_write(&mut self) {
+        self.shut = true;
+    }
 }
 
 struct Harness {
@@ -82,17 +94,24 @@ impl Harness {
             .unwrap()
             .input
             .push_back(bytes.to_vec());
-        self.engine.read(key, self.now, read);
+        self.engine.read(key, self.now);
         self.turn();
     }
 
     /// The end of a loop turn: ready clients read, queues written, closed ones dropped.
     fn turn(&mut self) -> Vec<Peer<Fake>> {
         for key in self.engine.take_ready() {
-            self.engine.read(key, self.now, read);
+            self.engine.read(key, self.now);
         }
-        self.engine.flush(self.now, write);
+        self.engine.flush(self.now);
         self.engine.take_closed()
+    }
+
+    /// The client closes its side, having read what it was sent.
+    fn hang_up(&mut self, key: usize) -> Vec<Peer<Fake>> {
+        self.engine.socket_mut(key).unwrap().eof = true;
+        self.engine.read(key, self.now);
+        self.turn()
     }
 
     /// Time passes; due timers fire.
@@ -228,26 +247,22 @@ fn a_leaving_client_that_reads_slowly_is_not_cut_off() {
     h.engine.socket_mut(a).unwrap().full = true;
     h.send(a, &[b'x'; 1000]);
     h.engine.socket_mut(a).unwrap().eof = true;
-    h.engine.read(a, h.now, read);
+    h.engine.read(a, h.now);
+    h.engine.socket_mut(a).unwrap().take = Some(150);
     for second in 1..=5 {
         // It reads a little every second, for longer than the linger.
         h.at(Duration::from_secs(second));
-        let socket = h.engine.socket_mut(a).unwrap();
-        socket.full = false;
-        socket.sent.clear();
+        h.engine.socket_mut(a).unwrap().full = false;
         h.engine.writable(a);
-        h.engine.flush(h.now, |s, bytes| {
-            write(s, &bytes[..bytes.len().min(150)]).inspect(|_| s.full = true)
-        });
-        assert!(
-            h.engine.take_closed().is_empty(),
-            "cut off at second {second}"
-        );
+        assert!(h.turn().is_empty(), "cut off at second {second}");
     }
     h.at(Duration::from_secs(6));
+    h.engine.socket_mut(a).unwrap().take = None;
     h.engine.socket_mut(a).unwrap().full = false;
     h.engine.writable(a);
-    assert_eq!(h.turn().len(), 1, "closed once everything is read");
+    let closed = h.turn();
+    assert_eq!(closed.len(), 1, "closed once everything is read");
+    assert_eq!(closed[0].socket.sent, [b'x'; 1000]);
 }
 
 #[test]
@@ -256,31 +271,53 @@ fn a_leaving_client_that_reads_gets_its_goodbye_then_the_close() {
     let a = h.connect();
     h.engine.socket_mut(a).unwrap().full = true;
     h.send(a, b"/quit\n");
+    // Lines it sends after quitting are read and thrown away: left unread, they would turn
+    // the close into a reset that can destroy the goodbye on its way.
+    h.engine
+        .socket_mut(a)
+        .unwrap()
+        .input
+        .push_back(b"more\nand more\n".to_vec());
     h.engine.socket_mut(a).unwrap().full = false;
     h.engine.writable(a);
-    let closed = h.turn();
-    assert_eq!(closed.len(), 1);
+    assert!(
+        h.turn().is_empty(),
+        "not closed before the client has read its end"
+    );
+    assert!(
+        h.turn().is_empty(),
+        "the next turn reads what is left: still not closed"
+    );
+    let peer = h.engine.peer(a).unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&closed[0].socket.sent),
+        String::from_utf8_lossy(&peer.socket.sent),
         "[SERVER] Bye!\n"
     );
+    assert!(
+        peer.socket.shut && peer.socket.input.is_empty(),
+        "its end sent, its input taken"
+    );
+    assert_eq!(h.hang_up(a).len(), 1, "closed when the client closes");
 }
 
 #[test]
 fn idle_clients_are_dropped_and_talkers_kept() {
     let mut h = Harness::new(&["--idle-timeout", "10"]);
     let a = h.connect();
-    h.connect(); // it will never say a thing
+    let silent = h.connect();
     h.take(a);
     h.at(Duration::from_secs(6));
     h.send(a, b"still here\n");
     h.at(Duration::from_secs(10));
-    let closed = h.turn();
-    assert_eq!(closed.len(), 1, "the silent one");
+    h.turn();
     assert_eq!(
-        String::from_utf8_lossy(&closed[0].socket.sent),
-        "guest1: still here\n[SERVER] Error: idle for 10 s, disconnecting\n"
+        h.take(silent),
+        [
+            "guest1: still here",
+            "[SERVER] Error: idle for 10 s, disconnecting"
+        ]
     );
+    assert!(h.engine.peer(silent).unwrap().socket.shut);
     assert_eq!(
         h.take(a),
         ["[SERVER] Client: guest2 disconnected (idle for 10 s)"]
@@ -301,7 +338,7 @@ fn a_timer_set_for_a_closed_client_does_not_fire_for_the_next_one_in_its_slot() 
     let a = h.connect();
     h.at(Duration::from_secs(5));
     h.send(a, b"exit\n");
-    h.turn();
+    h.hang_up(a);
     assert!(h.engine.peer(a).is_none());
     let b = h.connect();
     assert_eq!(a, b, "the slab gives the key again");
@@ -349,12 +386,9 @@ fn shutdown_tells_everyone_and_waits_for_their_queues() {
     h.take(a);
     h.engine.socket_mut(b).unwrap().full = true;
     h.engine.begin_shutdown(h.now);
-    let closed = h.turn();
-    assert_eq!(closed.len(), 1);
-    assert_eq!(
-        String::from_utf8_lossy(&closed[0].socket.sent),
-        "[SERVER] Server shutting down.\n"
-    );
+    h.turn();
+    assert_eq!(h.take(a), ["[SERVER] Server shutting down."]);
+    assert_eq!(h.hang_up(a).len(), 1);
     assert!(!h.engine.is_finished(h.now), "b still has lines to read");
     assert!(h.engine.is_finished(h.now + LINGER), "but not forever");
 }
@@ -366,7 +400,7 @@ fn a_last_unterminated_exit_word_says_goodbye_once() {
     let socket = h.engine.socket_mut(a).unwrap();
     socket.input.push_back(b"exit".to_vec());
     socket.eof = true;
-    h.engine.read(a, h.now, read);
+    h.engine.read(a, h.now);
     let closed = h.turn();
     assert_eq!(
         String::from_utf8_lossy(&closed[0].socket.sent),
@@ -408,4 +442,47 @@ fn udp_senders_keep_to_the_rate_and_the_excess_is_dropped() {
     assert_eq!(got.len(), 6, "{got:?}");
     assert_eq!(got[0], "127.0.0.1:50000: flood 0");
     assert_eq!(got[5], "127.0.0.1:50000: later");
+}
+
+#[test]
+fn a_line_held_back_by_the_rate_is_not_cut_by_the_flush_partial_quiet() {
+    let mut h = Harness::new(&["--rate", "1", "--flush-partial", "100"]);
+    let (a, b) = (h.connect(), h.connect());
+    h.take(a);
+    // Two lines use the burst; the third arrives in two pieces, the second still in the socket
+    // when the server stops reading for the rate: the quiet that follows is the server's.
+    let socket = h.engine.socket_mut(a).unwrap();
+    socket.input.push_back(b"one\ntwo\nthr".to_vec());
+    socket.input.push_back(b"ee\n".to_vec());
+    h.engine.read(a, h.now);
+    h.turn();
+    assert_eq!(h.take(b), ["guest1: one", "guest1: two"]);
+    h.at(ms(500));
+    h.turn();
+    assert!(h.take(b).is_empty(), "not cut at the flush-partial quiet");
+    h.at(ms(1000));
+    h.turn();
+    h.turn();
+    assert_eq!(h.take(b), ["guest1: three"]);
+}
+
+#[test]
+fn a_rate_timer_due_within_the_millisecond_does_not_spin() {
+    // 2,000 lines a second: the next token is half a millisecond away when the burst is spent.
+    let mut h = Harness::new(&["--rate", "2000", "--flush-partial", "0"]);
+    let (a, b) = (h.connect(), h.connect());
+    let flood: String = (0..5000).map(|i| format!("{i}\n")).collect();
+    h.engine
+        .socket_mut(a)
+        .unwrap()
+        .input
+        .push_back(flood.into_bytes());
+    h.engine.read(a, h.now);
+    h.at(ms(0)); // the same instant: must return, not loop
+    h.turn();
+    assert_eq!(h.take(b).len(), 4000, "the burst");
+    h.at(ms(300));
+    h.turn();
+    h.turn();
+    assert_eq!(h.take(b).len(), 600, "then N a second");
 }

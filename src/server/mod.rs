@@ -17,7 +17,7 @@ mod transcript;
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{Config, Udp};
-use crate::engine::{Engine, SCRATCH};
+use crate::engine::{Engine, SCRATCH, Socket};
 use crate::notice;
 use console::{Console, Input};
 use listener::{Acceptor, Next};
@@ -140,6 +140,22 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     server.run()
 }
 
+/// The engine's view of a client's socket.
+impl Socket for TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(self, buf)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        Write::write(self, bytes)
+    }
+
+    fn shutdown_write(&mut self) {
+        // Fails only if the peer is already gone, which the next read will tell.
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
 /// Turns a failure to bind into an error that names the address.
 fn listen_error(addr: SocketAddr) -> impl FnOnce(io::Error) -> Error {
     move |e| match e.kind() {
@@ -198,7 +214,7 @@ impl Server {
                         }
                         // Errors and hang-ups are hints: a read tells what really happened.
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.engine.read(key, self.now, |s, buf| s.read(buf));
+                            self.engine.read(key, self.now);
                         }
                     }
                 }
@@ -213,9 +229,9 @@ impl Server {
                 self.receive_datagrams();
             }
             for key in self.engine.take_ready() {
-                self.engine.read(key, self.now, |s, buf| s.read(buf));
+                self.engine.read(key, self.now);
             }
-            self.engine.flush(self.now, |s, bytes| s.write(bytes));
+            self.engine.flush(self.now);
             for mut peer in self.engine.take_closed() {
                 let _ = self.poll.registry().deregister(&mut peer.socket);
                 log::debug!("{} closed", peer.addr);
