@@ -5,7 +5,7 @@ CARGO ?= cargo
 ARGS ?=
 PORT ?= 1234
 
-.PHONY: build run-server run-client capture test lint fmt
+.PHONY: build run-server run-client capture test soak lint fmt
 
 build:
 	$(CARGO) build --release --bins
@@ -25,6 +25,11 @@ capture:
 # Unit and property tests of the pure core, then black-box tests over real sockets.
 test:
 	$(CARGO) test --workspace
+
+# The long soak: 1000 clients for 5 minutes through the real server, with loss accounting and
+# the server's RSS curve (tests/soak.rs; `make test` runs its 8-second version).
+soak:
+	SOAK_SECS=300 SOAK_CLIENTS=1000 $(CARGO) test --release --test soak -- --nocapture
 
 lint:
 	$(CARGO) fmt --all -- --check

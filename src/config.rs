@@ -74,8 +74,10 @@ pub mod defaults {
     /// ergo's default `max-concurrent-connections` per address.
     pub const MAX_PER_IP: usize = 16;
     /// 256 KiB is about 1,300 full-size lines on top of what the kernel already buffers for the
-    /// socket: seconds of a busy room, and room for a long `/who`. Even 10,000 clients that all
-    /// stall at once would hold 2.5 GiB at most, and a stalled client is dropped anyway.
+    /// socket: seconds of a busy room, and room for a long `/who`. 10,000 clients that all stall
+    /// at once would hold 2.5 GiB in the server; the kernel's own buffers come on top (on
+    /// loopback it grows a stalled socket's send buffer to about 4 MB), and a stalled client is
+    /// dropped anyway.
     pub const MAX_PENDING: usize = 256 * 1024;
     /// Faster than anyone types, slower than any script that floods.
     pub const RATE: u32 = 10;
