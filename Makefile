@@ -5,7 +5,7 @@ CARGO ?= cargo
 ARGS ?=
 PORT ?= 1234
 
-.PHONY: build run-server run-client capture test soak lint fmt
+.PHONY: build run-server run-client capture test soak lint fmt diagrams
 
 build:
 	$(CARGO) build --release --bins
@@ -34,6 +34,12 @@ soak:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The report's diagrams: Graphviz sources in docs/diagrams/, rendered to SVG beside them.
+# Needs Graphviz (apt-get install graphviz) and python3.
+diagrams:
+	python3 docs/diagrams/sequences.py
+	for f in docs/diagrams/*.dot; do dot -Tsvg "$$f" -o "$${f%.dot}.svg"; done
 
 fmt:
 	$(CARGO) fmt --all
