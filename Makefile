@@ -5,7 +5,7 @@ CARGO ?= cargo
 ARGS ?=
 PORT ?= 1234
 
-.PHONY: build run-server run-client capture test soak lint fmt diagrams
+.PHONY: build run-server run-client capture test soak bench bench-smoke lint fmt diagrams
 
 build:
 	$(CARGO) build --release --bins
@@ -30,6 +30,19 @@ test:
 # the server's RSS curve (tests/soak.rs; `make test` runs its 8-second version).
 soak:
 	SOAK_SECS=300 SOAK_CLIENTS=1000 $(CARGO) test --release --test soak -- --nocapture
+
+# The benchmark: loopchat against a thread-per-client server, a tokio server, a minimal
+# broadcaster and nats-server (if installed), each pinned to core 0 with the load generator on
+# core 1. About 5 minutes; writes docs/bench/ (tables, JSON, SVG plots).
+bench:
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --release --quiet -p loopchat-bench --bin bench -- --out docs/bench
+
+# The benchmark's smoke test (CI): every server and workload at small N, asserting only that
+# they work. About 30 s of runs.
+bench-smoke:
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --release --quiet -p loopchat-bench --bin bench -- --quick
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,1145 @@
+//! bench: runs loopchat, the baselines and (when installed) nats-server under `loadgen`, each
+//! server pinned to core 0 and the generator to core 1, and writes docs/bench/ (results.json,
+//! SVG plots, README.md with the tables). Every run gets a fresh server, is bounded in time and
+//! stops by itself; only processes this program started are signalled, by PID.
+//!
+//! `--quick` is the CI smoke test: small N, about a second per run, every server, exit 1 if
+//! any run fails.
+
+use loopchat_bench::json::Json;
+use loopchat_bench::svg::Plot;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio, exit};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// loopchat's flags for the benchmark: no rate limit, no per-address cap, no console, no
+/// transcript, no join/leave lines, room for the 10k idle sweep.
+const LOOPCHAT_FLAGS: &[(&str, Option<&str>)] = &[
+    ("--rate", Some("0")),
+    ("--max-per-ip", Some("0")),
+    ("--no-console", None),
+    ("-q", None),
+    ("--announce-limit", Some("0")),
+    ("--max-clients", Some("20000")),
+    ("--port", Some("0")),
+];
+/// How to build what the driver runs.
+const BUILD: &str = "cargo build --release -p loopchat-bench --bins";
+const BASELINES: [&str; 3] = ["min-broadcaster", "threaded-server", "tokio-server"];
+/// The comparison point of issue 4's targets.
+const TARGET_N: usize = 1000;
+
+struct Cfg {
+    quick: bool,
+    out: PathBuf,
+    bin_dir: PathBuf,
+    servers: Vec<Server>,
+    pin: bool,
+    ns: Vec<usize>,
+    idle_ns: Vec<usize>,
+    senders: usize,
+    window: usize,
+    size: usize,
+    warmup: f64,
+    duration: f64,
+    concurrency: usize,
+    /// Runs of the N=1000 throughput point and of churn, whose medians the verdicts use.
+    reps: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Loopchat,
+    Baseline,
+    Nats,
+}
+
+struct Server {
+    name: String,
+    flavor: Flavor,
+    program: PathBuf,
+    /// Settled on the first start: loopchat's flags minus any it rejected.
+    args: Vec<String>,
+}
+
+fn list(v: &str) -> Result<Vec<usize>, String> {
+    v.split(',')
+        .map(|x| x.trim().parse().map_err(|_| format!("bad number {x}")))
+        .collect()
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    // Debian installs nats-server in /usr/sbin, which a user's PATH may lack.
+    path.split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn parse_cfg() -> Cfg {
+    let mut o = getopts::Options::new();
+    o.optflag(
+        "",
+        "quick",
+        "CI smoke test: small N, short runs, every server; exit 1 on any failure",
+    );
+    o.optopt(
+        "",
+        "out",
+        "output directory (docs/bench; quick: a temporary directory)",
+        "DIR",
+    );
+    o.optopt("", "servers", "comma-separated subset of loopchat,min-broadcaster,threaded-server,tokio-server,nats-server", "LIST");
+    o.optopt(
+        "",
+        "loopchat",
+        "loopchat-server binary (next to this one)",
+        "PATH",
+    );
+    o.optopt("", "nats", "nats-server binary (found in PATH)", "PATH");
+    o.optopt(
+        "",
+        "bin-dir",
+        "where loadgen and the baselines are (next to this one)",
+        "DIR",
+    );
+    o.optflag("", "no-pin", "do not pin with taskset");
+    o.optopt(
+        "",
+        "ns",
+        "client counts of the throughput sweep (10,100,1000,5000)",
+        "LIST",
+    );
+    o.optopt(
+        "",
+        "idle-ns",
+        "client counts of the idle sweep (1000,2000,5000,10000)",
+        "LIST",
+    );
+    o.optopt("", "senders", "senders per throughput run (10)", "S");
+    o.optopt("", "window", "messages in flight per sender (32)", "W");
+    o.optopt("", "size", "message payload bytes (64)", "BYTES");
+    o.optopt("", "warmup", "seconds before measuring (1)", "SECS");
+    o.optopt("", "duration", "seconds measured per run (4)", "SECS");
+    o.optopt("", "concurrency", "churn clients at once (16)", "C");
+    o.optopt(
+        "",
+        "reps",
+        "runs of the N=1000 throughput point and of churn (3; quick: 1)",
+        "K",
+    );
+    o.optflag("h", "help", "print this help");
+    let usage = |err: &dyn std::fmt::Display| -> ! {
+        eprintln!(
+            "bench: {err}\n{}",
+            o.usage("Usage: bench [--quick] [options]")
+        );
+        exit(2)
+    };
+    let m = o
+        .parse(std::env::args().skip(1))
+        .unwrap_or_else(|e| usage(&e));
+    if m.opt_present("h") {
+        println!("{}", o.usage("Usage: bench [--quick] [options]"));
+        exit(0);
+    }
+    let quick = m.opt_present("quick");
+    let num = |name: &str, default: f64| -> f64 {
+        m.opt_str(name)
+            .map_or(Ok(default), |v| v.parse())
+            .unwrap_or_else(|e| usage(&e))
+    };
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    let bin_dir = m
+        .opt_str("bin-dir")
+        .map(PathBuf::from)
+        .or(exe_dir)
+        .unwrap_or_else(|| usage(&"use --bin-dir"));
+    let loopchat = m
+        .opt_str("loopchat")
+        .map_or_else(|| bin_dir.join("loopchat-server"), PathBuf::from);
+    let nats = m
+        .opt_str("nats")
+        .map(PathBuf::from)
+        .or_else(|| find_in_path("nats-server"));
+    let wanted: Vec<String> = match m.opt_str("servers") {
+        Some(s) => s.split(',').map(str::to_string).collect(),
+        None => ["loopchat"]
+            .iter()
+            .chain(&BASELINES)
+            .chain(&["nats-server"])
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let mut servers = Vec::new();
+    for name in wanted {
+        let (flavor, program) = match name.as_str() {
+            "loopchat" => (Flavor::Loopchat, Some(loopchat.clone())),
+            "nats-server" => (Flavor::Nats, nats.clone()),
+            b if BASELINES.contains(&b) => (Flavor::Baseline, Some(bin_dir.join(b))),
+            other => usage(&format!("unknown server {other}")),
+        };
+        match program.filter(|p| p.is_file()) {
+            Some(program) => servers.push(Server {
+                name,
+                flavor,
+                program,
+                args: Vec::new(),
+            }),
+            // The baselines are part of this package: missing means not built, not optional.
+            None if flavor == Flavor::Baseline => usage(&format!(
+                "{name} not found in {}: {BUILD}",
+                bin_dir.display()
+            )),
+            None if flavor == Flavor::Nats => {
+                eprintln!("bench: skipping nats-server: not installed (Debian package nats-server)")
+            }
+            None => eprintln!(
+                "bench: skipping loopchat: not found (cargo build --release --bin loopchat-server)"
+            ),
+        }
+    }
+    if !bin_dir.join("loadgen").is_file() {
+        usage(&format!(
+            "loadgen not found in {}: {BUILD}",
+            bin_dir.display()
+        ));
+    }
+    if servers.is_empty() {
+        usage(&"no server to benchmark");
+    }
+    let out = m.opt_str("out").map(PathBuf::from).unwrap_or_else(|| {
+        if quick {
+            std::env::temp_dir().join("loopchat-bench-quick")
+        } else {
+            PathBuf::from("docs/bench")
+        }
+    });
+    let (ns, idle_ns) = if quick {
+        ("10,50", "200")
+    } else {
+        ("10,100,1000,5000", "1000,2000,5000,10000")
+    };
+    Cfg {
+        quick,
+        out,
+        bin_dir,
+        servers,
+        pin: !m.opt_present("no-pin") && can_pin(),
+        ns: list(&m.opt_str("ns").unwrap_or(ns.into())).unwrap_or_else(|e| usage(&e)),
+        idle_ns: list(&m.opt_str("idle-ns").unwrap_or(idle_ns.into()))
+            .unwrap_or_else(|e| usage(&e)),
+        senders: num("senders", 10.0) as usize,
+        window: num("window", 32.0) as usize,
+        size: num("size", 64.0) as usize,
+        warmup: num("warmup", if quick { 0.3 } else { 1.0 }),
+        duration: num("duration", if quick { 1.0 } else { 4.0 }),
+        concurrency: num("concurrency", 16.0) as usize,
+        reps: (num("reps", if quick { 1.0 } else { 3.0 }) as usize).max(1),
+    }
+}
+
+/// Pinning needs taskset and two CPUs this process may use.
+fn can_pin() -> bool {
+    let cpus = thread::available_parallelism().map_or(1, usize::from);
+    let ok = cpus >= 2
+        && Command::new("taskset")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "bench: not pinning (needs taskset and 2 CPUs; have {cpus}): figures will be noisier"
+        );
+    }
+    ok
+}
+
+fn command(pin: bool, core: u32, program: &Path, args: &[String]) -> Command {
+    let mut c = if pin {
+        // taskset execs the program, so the child's PID is the program's own.
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(core.to_string()).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    c.args(args).stdin(Stdio::null());
+    // SAFETY: prctl is async-signal-safe. If this driver dies (even by SIGKILL), the kernel
+    // kills the child too, so no server or generator outlives a run.
+    unsafe {
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    c
+}
+
+struct Running {
+    child: Child,
+    port: u16,
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then SIGKILL after 3 s; only ever this child, by PID.
+    fn stop(mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: plain kill(2) on the PID of a child we have not reaped yet.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Where a started server says it listens: loopchat and the baselines on stdout, NATS in its
+/// log on stderr.
+fn listening_port(line: &str) -> Option<u16> {
+    let rest = line
+        .split_once("[SERVER] Listening on ")
+        .or_else(|| line.split_once("Listening for client connections on "))?
+        .1;
+    rest.trim().rsplit(':').next()?.parse().ok()
+}
+
+/// Starts `program`, waits for its listening line; on failure returns the exit code (if it
+/// exited) and its last stderr lines.
+fn start(cfg: &Cfg, program: &Path, args: &[String]) -> Result<Running, (Option<i32>, String)> {
+    let mut child = command(cfg.pin, 0, program, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| (None, format!("cannot start {}: {e}", program.display())))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
+    for (pipe, keep) in [(stdout, None), (stderr, Some(Arc::clone(&tail)))] {
+        let Some(pipe) = pipe else { continue };
+        let tx = tx.clone();
+        // Drains the pipe until the server exits, so it never blocks on a full pipe.
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(tail) = &keep {
+                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    t.push_back(line.clone());
+                    if t.len() > 20 {
+                        t.pop_front();
+                    }
+                }
+                let _ = tx.send(line);
+            }
+        });
+    }
+    drop(tx);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failure = loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                if let Some(port) = listening_port(&line) {
+                    return Ok(Running { child, port });
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break "exited before listening",
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > deadline => {
+                break "no listening line in 10 s";
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    };
+    let _ = child.kill();
+    let code = child.wait().ok().and_then(|s| s.code());
+    let tail: Vec<String> = tail
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    Err((code, format!("{failure}: {}", tail.join(" | "))))
+}
+
+/// Starts a server; the first time, settles its arguments (dropping loopchat flags it rejects).
+fn start_server(cfg: &Cfg, s: &mut Server) -> Result<Running, String> {
+    if s.args.is_empty() {
+        let mut flags: Vec<(&str, Option<&str>)> = match s.flavor {
+            Flavor::Loopchat => LOOPCHAT_FLAGS.to_vec(),
+            Flavor::Baseline => vec![("--port", Some("0"))],
+            // -1: NATS picks a free port and logs it.
+            Flavor::Nats => vec![("-a", Some("127.0.0.1")), ("-p", Some("-1"))],
+        };
+        let args = |flags: &[(&str, Option<&str>)]| -> Vec<String> {
+            flags
+                .iter()
+                .flat_map(|(f, v)| std::iter::once(f.to_string()).chain(v.map(str::to_string)))
+                .collect()
+        };
+        loop {
+            match start(cfg, &s.program, &args(&flags)) {
+                Ok(r) => {
+                    s.args = args(&flags);
+                    return Ok(r);
+                }
+                // A usage error naming one of our flags: drop that flag and try again.
+                Err((Some(2), why)) if s.flavor == Flavor::Loopchat => {
+                    let named = |f: &str| {
+                        let bare = f.trim_start_matches('-');
+                        why.contains(&format!("'{bare}'"))
+                            || why.contains(&format!("{f} "))
+                            || why.contains(&format!("{f}:"))
+                    };
+                    let Some(i) = flags.iter().position(|(f, _)| *f != "--port" && named(f)) else {
+                        return Err(format!("{} refused its flags: {why}", s.name));
+                    };
+                    eprintln!(
+                        "bench: {} rejects {} ({why}); continuing without it",
+                        s.name, flags[i].0
+                    );
+                    flags.remove(i);
+                }
+                Err((_, why)) => return Err(why),
+            }
+        }
+    }
+    start(cfg, &s.program, &s.args).map_err(|(_, why)| why)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    Throughput,
+    Idle,
+    Churn,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Throughput => "throughput",
+            Workload::Idle => "idle",
+            Workload::Churn => "churn",
+        }
+    }
+}
+
+struct Run {
+    server: String,
+    workload: Workload,
+    n: usize,
+    ok: bool,
+    fields: Vec<(String, String)>,
+}
+
+impl Run {
+    fn get(&self, key: &str) -> Option<f64> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
+    fn text(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Runs loadgen pinned to core 1, killing it if it overstays `limit`.
+fn loadgen(cfg: &Cfg, args: &[String], limit: Duration) -> Result<Vec<(String, String)>, String> {
+    let mut child = command(cfg.pin, 1, &cfg.bin_dir.join("loadgen"), args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start loadgen: {e}"))?;
+    let mut pipes = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .map(|p| {
+        thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut p) = p {
+                let _ = p.read_to_string(&mut s);
+            }
+            s
+        })
+    })
+    .into_iter();
+    let deadline = Instant::now() + limit;
+    let timed_out = loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break false,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break true;
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("loadgen: {e}")),
+        }
+    };
+    let stdout = pipes
+        .next()
+        .map(|h| h.join().unwrap_or_default())
+        .unwrap_or_default();
+    let stderr = pipes
+        .next()
+        .map(|h| h.join().unwrap_or_default())
+        .unwrap_or_default();
+    if timed_out {
+        return Err(format!(
+            "loadgen overstayed {} s: {}",
+            limit.as_secs(),
+            stderr.trim()
+        ));
+    }
+    stdout
+        .lines()
+        .find_map(loopchat_bench::parse_result)
+        .ok_or_else(|| format!("loadgen printed no result: {}", stderr.trim()))
+}
+
+fn run_one(cfg: &Cfg, s: &mut Server, w: Workload, n: usize) -> Run {
+    let mut run = Run {
+        server: s.name.clone(),
+        workload: w,
+        n,
+        ok: false,
+        fields: Vec::new(),
+    };
+    let server = match start_server(cfg, s) {
+        Ok(r) => r,
+        Err(e) => {
+            run.fields
+                .push(("error".into(), e.replace(char::is_whitespace, "_")));
+            return run;
+        }
+    };
+    let mut args: Vec<String> = vec![
+        "--port".into(),
+        server.port.to_string(),
+        "--server-pid".into(),
+        server.pid().to_string(),
+        "--workload".into(),
+        w.name().into(),
+        "--proto".into(),
+        (if s.flavor == Flavor::Nats {
+            "nats"
+        } else {
+            "line"
+        })
+        .into(),
+        "--size".into(),
+        cfg.size.to_string(),
+        "--warmup".into(),
+        cfg.warmup.to_string(),
+        "--duration".into(),
+        cfg.duration.to_string(),
+    ];
+    match w {
+        Workload::Throughput => args.extend([
+            "--clients".into(),
+            n.to_string(),
+            "--senders".into(),
+            cfg.senders.to_string(),
+            "--window".into(),
+            cfg.window.to_string(),
+        ]),
+        Workload::Idle => args.extend(["--clients".into(), n.to_string()]),
+        Workload::Churn => args.extend(["--concurrency".into(), n.to_string()]),
+    }
+    // Join allowance + warm-up + measurement + drain + slack: loadgen bounds itself well within.
+    let limit =
+        Duration::from_secs_f64(30.0 + n as f64 / 500.0 + cfg.warmup + cfg.duration + 10.0 + 20.0);
+    match loadgen(cfg, &args, limit) {
+        Ok(fields) => {
+            run.ok = fields.iter().any(|(k, v)| k == "ok" && v == "true");
+            run.fields = fields;
+        }
+        Err(e) => run
+            .fields
+            .push(("error".into(), e.replace(char::is_whitespace, "_"))),
+    }
+    server.stop();
+    run
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> Vec<(String, String)> {
+    let lscpu = sh("lscpu", &[]);
+    let field = |name: &str| {
+        lscpu
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim_start_matches(':').trim().to_string())
+            .unwrap_or_default()
+    };
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = mem
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(String::new(), |kib| format!("{:.1} GiB", kib / 1048576.0));
+    vec![
+        ("cpu".into(), field("Model name")),
+        ("nproc".into(), sh("nproc", &[])),
+        ("kernel".into(), sh("uname", &["-sr"])),
+        ("memory".into(), mem_gib),
+        ("hypervisor".into(), field("Hypervisor vendor")),
+        ("rustc".into(), sh("rustc", &["--version"])),
+        (
+            "nats_server".into(),
+            find_in_path("nats-server")
+                .map_or(String::new(), |p| sh(&p.to_string_lossy(), &["--version"])),
+        ),
+    ]
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn fmt_num(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) if v.abs() >= 1e6 => format!("{:.2}M", v / 1e6),
+        Some(v) if v.abs() >= 1e4 => format!("{:.0}k", v / 1e3),
+        Some(v) if v.abs() >= 100.0 || v.fract() == 0.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.1}"),
+    }
+}
+
+/// The generator runs alone on its core: when it waited for that core more than this share
+/// of a run, other load on the machine disturbed the run.
+const DISTURBED_WAIT_PCT: f64 = 10.0;
+
+fn disturbed(r: &Run) -> bool {
+    r.get("gen_wait_pct")
+        .is_some_and(|w| w > DISTURBED_WAIT_PCT)
+}
+
+fn status(r: &Run) -> String {
+    if r.ok && disturbed(r) {
+        "ok, disturbed".into()
+    } else if r.ok {
+        "ok".into()
+    } else {
+        format!(
+            "FAILED: {}",
+            r.text("error")
+                .or(r.text("first_error"))
+                .unwrap_or("see results.json")
+        )
+    }
+}
+
+fn tables(cfg: &Cfg, runs: &[Run]) -> String {
+    let mut s = String::new();
+    let of = |w: Workload| runs.iter().filter(move |r| r.workload == w);
+    let _ = writeln!(
+        s,
+        "### Throughput and latency\n\n{} senders, at most {} messages in flight each (until every other client has it), {}-byte messages, {} s measured after {} s warm-up. \
+         Deliveries are summed over receivers. Where the generator's CPU is near 100 %, the generator, not the server, set the pace: \
+         compare servers there by server CPU per delivery.\n\n\
+         | server | N | deliveries/s | p50 µs | p99 µs | max µs | lost/dup/reord | server CPU % | server ns/delivery | generator CPU % | server peak RSS MiB | CPU wait % (srv/gen) | status |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        cfg.senders, cfg.window, cfg.size, cfg.duration, cfg.warmup
+    );
+    for r in of(Workload::Throughput) {
+        let g = |k| fmt_num(r.get(k));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {}/{}/{} | {} | {} | {} | {} | {}/{} | {} |",
+            r.server,
+            r.n,
+            g("deliveries_per_s"),
+            g("p50_us"),
+            g("p99_us"),
+            g("max_us"),
+            g("lost"),
+            g("dup"),
+            g("reordered"),
+            g("server_cpu_pct"),
+            g("server_ns_per_op"),
+            g("gen_cpu_pct"),
+            fmt_num(r.get("server_hwm_kib").map(|k| k / 1024.0)),
+            g("server_wait_pct"),
+            g("gen_wait_pct"),
+            status(r)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n### Idle connections\n\nN clients joined (proven by a broadcast), then held silent for 1 s; RSS growth over the server's RSS before any client.\n\n\
+         | server | N | RSS per connection (bytes) | server RSS MiB | threads | status |\n|---|--:|--:|--:|--:|---|"
+    );
+    for r in of(Workload::Idle) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.server,
+            r.n,
+            fmt_num(r.get("rss_per_conn_b")),
+            fmt_num(r.get("server_rss_kib").map(|k| k / 1024.0)),
+            fmt_num(r.get("server_threads")),
+            status(r)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n### Churn\n\n{} clients at a time each connect, send one message, wait until an observer has it, half-close and wait for the server to close.\n\n\
+         | server | cycles/s | cycle p50 µs | cycle p99 µs | failures | server CPU % | status |\n|---|--:|--:|--:|--:|--:|---|",
+        cfg.concurrency
+    );
+    for r in of(Workload::Churn) {
+        let g = |k| fmt_num(r.get(k));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.server,
+            g("cycles_per_s"),
+            g("cycle_p50_us"),
+            g("cycle_p99_us"),
+            g("failures"),
+            g("server_cpu_pct"),
+            status(r)
+        );
+    }
+    s
+}
+
+/// Issue 4's targets for loopchat, judged against this run's baselines. Where a point ran
+/// several times, medians are compared.
+fn verdicts(runs: &[Run]) -> String {
+    // loopchat's runs count even when they failed their checks (that is a verdict too);
+    // a baseline's only when it worked.
+    let at = |server: &str, w: Workload, n: Option<usize>, key: &str| {
+        median(runs, server, w, n, key, server == "loopchat")
+    };
+    let tput = |server: &str, key: &str| at(server, Workload::Throughput, Some(TARGET_N), key);
+    let mut s = String::from(
+        "### loopchat against the targets of issue 4\n\n| target | measured | verdict |\n|---|---|---|\n",
+    );
+    // A measurement without a verdict (None) is shown but not judged.
+    let mut row = |what: &str, measured: Option<(String, Option<bool>)>| {
+        let (m, v) = measured.map_or(("not measured".into(), "–"), |(m, ok)| {
+            let v = match ok {
+                Some(true) => "met",
+                Some(false) => "NOT met",
+                None => "–",
+            };
+            (m, v)
+        });
+        let _ = writeln!(s, "| {what} | {m} | {v} |");
+    };
+    let ratio = |k: &str| Some((tput("loopchat", k)?, tput("min-broadcaster", k)?));
+    row(
+        &format!("deliveries/s ≥ 0.7 × min-broadcaster's (N={TARGET_N}, 10 senders)"),
+        ratio("deliveries_per_s").map(|(a, b)| {
+            let text = format!(
+                "{} vs {} = {:.2}×",
+                fmt_num(Some(a)),
+                fmt_num(Some(b)),
+                a / b
+            );
+            (text, Some(a >= 0.7 * b))
+        }),
+    );
+    let lc_runs: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.server == "loopchat" && r.workload == Workload::Throughput && r.n == TARGET_N)
+        .collect();
+    let bad: Vec<Option<f64>> = lc_runs
+        .iter()
+        .map(|r| ["lost", "dup", "reordered"].iter().map(|k| r.get(k)).sum())
+        .collect();
+    row(
+        &format!("no lost, duplicated or reordered message (N={TARGET_N}, every run)"),
+        (!lc_runs.is_empty()).then(|| match bad.iter().copied().sum::<Option<f64>>() {
+            Some(b) => (format!("{b} in {} runs", lc_runs.len()), Some(b == 0.0)),
+            // A run that ended in an error proved nothing about its messages.
+            None => ("a run failed (see the table)".into(), Some(false)),
+        }),
+    );
+    row(
+        &format!("p99 ≤ 2 × min-broadcaster's (N={TARGET_N})"),
+        ratio("p99_us").map(|(a, b)| {
+            let text = format!("{a:.0} µs vs {b:.0} µs = {:.2}×", a / b);
+            (text, Some(a <= 2.0 * b))
+        }),
+    );
+    row(
+        &format!(
+            "(not a target) server CPU per delivery, loopchat vs min-broadcaster (N={TARGET_N})"
+        ),
+        ratio("server_ns_per_op")
+            .map(|(a, b)| (format!("{a:.0} ns vs {b:.0} ns = {:.2}×", a / b), None)),
+    );
+    let idle_n = runs
+        .iter()
+        .filter(|r| r.server == "loopchat" && r.workload == Workload::Idle)
+        .map(|r| r.n)
+        .max();
+    row(
+        "≤ 1 KiB RSS per idle connection at 10,000",
+        idle_n.and_then(|n| {
+            let b = at("loopchat", Workload::Idle, Some(n), "rss_per_conn_b")?;
+            Some((
+                format!("{b:.0} B at N={n}"),
+                (n >= 10_000).then_some(b <= 1024.0),
+            ))
+        }),
+    );
+    let churn = |name| at(name, Workload::Churn, None, "cycles_per_s");
+    row(
+        "churn ≥ tokio-server's cycles/s",
+        churn("loopchat")
+            .zip(churn("tokio-server"))
+            .map(|(a, b)| (format!("{a:.0} vs {b:.0}"), Some(a >= b))),
+    );
+    if let Some(gen_cpu) = tput("min-broadcaster", "gen_cpu_pct").filter(|&g| g >= 90.0) {
+        let _ = writeln!(
+            s,
+            "\nmin-broadcaster's N={TARGET_N} runs were generator-bound (generator CPU {gen_cpu:.0} %): \
+             its deliveries/s are a lower bound of the ceiling."
+        );
+    }
+    s
+}
+
+/// Median of `key` over a server's runs of one point (only the runs that worked, unless
+/// `failed_too`).
+fn median(
+    runs: &[Run],
+    server: &str,
+    w: Workload,
+    n: Option<usize>,
+    key: &str,
+    failed_too: bool,
+) -> Option<f64> {
+    let mut v: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.server == server && r.workload == w && n.is_none_or(|n| r.n == n))
+        .filter(|r| r.ok || failed_too)
+        .filter_map(|r| r.get(key))
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+fn plot(runs: &[Run], w: Workload, key: &str, title: &str, y_label: &str, log_y: bool) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    let mut ns: Vec<usize> = Vec::new();
+    for r in runs.iter().filter(|r| r.workload == w) {
+        if !names.contains(&r.server.as_str()) {
+            names.push(&r.server);
+        }
+        if !ns.contains(&r.n) {
+            ns.push(r.n);
+        }
+    }
+    let series = names
+        .iter()
+        .map(|name| {
+            let pts = ns
+                .iter()
+                .filter_map(|&n| Some((n as f64, median(runs, name, w, Some(n), key, false)?)))
+                .collect();
+            (name.to_string(), pts)
+        })
+        .collect();
+    Plot {
+        title,
+        x_label: "clients (N)",
+        y_label,
+        log_x: true,
+        log_y,
+        series,
+    }
+    .render()
+}
+
+fn run_json(r: &Run) -> Json {
+    let mut f = vec![
+        ("server".to_string(), Json::Str(r.server.clone())),
+        ("workload".to_string(), Json::Str(r.workload.name().into())),
+        ("n".to_string(), Json::Num(r.n as f64)),
+    ];
+    f.extend(
+        r.fields
+            .iter()
+            .filter(|(k, _)| !["workload", "n"].contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), Json::guess(v))),
+    );
+    if !r.fields.iter().any(|(k, _)| k == "ok") {
+        f.push(("ok".into(), Json::Bool(false)));
+    }
+    Json::Obj(f)
+}
+
+fn main() {
+    let mut cfg = parse_cfg();
+    let started = Instant::now();
+    let command_line = std::env::args().collect::<Vec<_>>().join(" ");
+    let load_before = loadavg();
+    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let mut points: Vec<(Workload, usize)> = Vec::new();
+    for &n in &cfg.ns {
+        let reps = if n == TARGET_N { cfg.reps } else { 1 };
+        points.extend(std::iter::repeat_n((Workload::Throughput, n), reps));
+    }
+    points.extend(cfg.idle_ns.iter().map(|&n| (Workload::Idle, n)));
+    points.extend(std::iter::repeat_n(
+        (Workload::Churn, cfg.concurrency),
+        cfg.reps,
+    ));
+    let mut servers = std::mem::take(&mut cfg.servers);
+    let mut runs = Vec::new();
+    // Servers inner: each point compares servers measured close together in time.
+    for &(w, n) in &points {
+        for s in servers.iter_mut() {
+            let t = Instant::now();
+            let r = run_one(&cfg, s, w, n);
+            eprintln!(
+                "bench: {:<15} {:<10} n={:<6} {:>6.1}s  {}",
+                r.server,
+                w.name(),
+                n,
+                t.elapsed().as_secs_f64(),
+                r.fields
+                    .iter()
+                    .filter(|(k, _)| k != "workload")
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            runs.push(r);
+        }
+    }
+    cfg.servers = servers;
+    let load_after = loadavg();
+    let elapsed = started.elapsed().as_secs_f64();
+    let machine = machine();
+    let server_args = |s: &Server| {
+        format!(
+            "{} {}",
+            s.program
+                .file_name()
+                .map_or("?".into(), |n| n.to_string_lossy()),
+            s.args.join(" ")
+        )
+    };
+    let config = vec![
+        ("quick", Json::Bool(cfg.quick)),
+        ("pinned", Json::Bool(cfg.pin)),
+        ("senders", Json::Num(cfg.senders as f64)),
+        ("window", Json::Num(cfg.window as f64)),
+        ("size", Json::Num(cfg.size as f64)),
+        ("warmup_s", Json::Num(cfg.warmup)),
+        ("duration_s", Json::Num(cfg.duration)),
+        ("churn_concurrency", Json::Num(cfg.concurrency as f64)),
+        (
+            "servers",
+            Json::Arr(
+                cfg.servers
+                    .iter()
+                    .map(|s| Json::Str(server_args(s)))
+                    .collect(),
+            ),
+        ),
+    ];
+    let json = Json::Obj(vec![
+        ("date".into(), Json::Str(date.clone())),
+        ("command".into(), Json::Str(command_line.clone())),
+        ("elapsed_s".into(), Json::Num(elapsed.round())),
+        ("loadavg_before".into(), Json::Str(load_before.clone())),
+        ("loadavg_after".into(), Json::Str(load_after.clone())),
+        (
+            "machine".into(),
+            Json::Obj(
+                machine
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Json::Str(v.clone())))
+                    .collect(),
+            ),
+        ),
+        (
+            "config".into(),
+            Json::Obj(
+                config
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            ),
+        ),
+        (
+            "runs".into(),
+            Json::Arr(runs.iter().map(run_json).collect()),
+        ),
+    ]);
+    let tables = tables(&cfg, &runs);
+    let mut verdicts = verdicts(&runs);
+    let measured = runs
+        .iter()
+        .filter(|r| r.get("gen_wait_pct").is_some())
+        .count();
+    let noisy = runs.iter().filter(|r| disturbed(r)).count();
+    if noisy > 0 {
+        let _ = writeln!(
+            verdicts,
+            "\n{noisy} of {measured} timed runs were disturbed by other load on the machine (the generator \
+             waited for its core more than {DISTURBED_WAIT_PCT} % of the time; status \"ok, disturbed\"): \
+             their throughput and latency understate what the servers can do."
+        );
+    }
+    let mut readme = format!(
+        "# loopchat benchmark results\n\nGenerated by `bench` (bench/src/bin/bench.rs) on {date} in {elapsed:.0} s.\n\n\
+         Command: `{command_line}`; `make bench` builds the workspace in release mode and runs it \
+         (`bench --quick` is the CI smoke test and writes elsewhere).\n\n\
+         Machine: {}.\n\nLoad average before/after: {load_before} / {load_after} (the machine is shared: \
+         \"CPU wait %\" is the time the server's threads (summed) and the generator were runnable but waiting for their core).\n\n\
+         Every server is pinned to core 0 and the generator (`loadgen`, one mio thread) to core 1 with taskset{}; \
+         loopback only; a fresh server per run. The N={TARGET_N} throughput point and churn run {} times each, \
+         interleaved across servers; plots and verdicts use medians. Servers:\n\n",
+        machine
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if cfg.pin {
+            ""
+        } else {
+            " (NOT pinned in this run)"
+        },
+        cfg.reps
+    );
+    for s in &cfg.servers {
+        let _ = writeln!(readme, "- `{}`", server_args(s));
+    }
+    let _ = write!(
+        readme,
+        "\nPlots: [throughput](throughput.svg), [p99 latency](p99.svg), [server CPU per delivery](cpu_per_delivery.svg), [idle RSS per connection](idle_rss.svg). \
+         Raw figures: [results.json](results.json).\n\n{verdicts}\n{tables}"
+    );
+    println!("\n{verdicts}\n{tables}");
+    let files = [
+        ("results.json", format!("{json}\n")),
+        (
+            "throughput.svg",
+            plot(
+                &runs,
+                Workload::Throughput,
+                "deliveries_per_s",
+                "Deliveries per second",
+                "deliveries/s",
+                true,
+            ),
+        ),
+        (
+            "cpu_per_delivery.svg",
+            plot(
+                &runs,
+                Workload::Throughput,
+                "server_ns_per_op",
+                "Server CPU per delivery",
+                "ns",
+                true,
+            ),
+        ),
+        (
+            "p99.svg",
+            plot(
+                &runs,
+                Workload::Throughput,
+                "p99_us",
+                "p99 delivery latency",
+                "µs",
+                true,
+            ),
+        ),
+        (
+            "idle_rss.svg",
+            plot(
+                &runs,
+                Workload::Idle,
+                "rss_per_conn_b",
+                "Server RSS per idle connection",
+                "bytes",
+                true,
+            ),
+        ),
+        ("README.md", readme),
+    ];
+    let written = std::fs::create_dir_all(&cfg.out).and_then(|_| {
+        files
+            .iter()
+            .try_for_each(|(name, body)| std::fs::write(cfg.out.join(name), body))
+    });
+    if let Err(e) = written {
+        eprintln!("bench: cannot write {}: {e}", cfg.out.display());
+        exit(1);
+    }
+    let failed: Vec<String> = runs
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| format!("{} {} n={}", r.server, r.workload.name(), r.n))
+        .collect();
+    eprintln!(
+        "bench: wrote {} in {elapsed:.0} s; {} of {} runs failed {:?}",
+        cfg.out.display(),
+        failed.len(),
+        runs.len(),
+        failed
+    );
+    if !failed.is_empty() {
+        exit(1);
+    }
+}
