@@ -4,8 +4,10 @@
 CARGO ?= cargo
 ARGS ?=
 PORT ?= 1234
+FUZZ_SECS ?= 60
+FUZZ_TARGETS ?= framer command engine
 
-.PHONY: build run-server run-client capture test soak bench bench-smoke lint fmt diagrams
+.PHONY: build run-server run-client capture test soak bench bench-smoke fuzz fuzz-cmin lint fmt diagrams
 
 build:
 	$(CARGO) build --release --bins
@@ -43,6 +45,20 @@ bench:
 bench-smoke:
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release --quiet -p loopchat-bench --bin bench -- --quick
+
+# Coverage-guided fuzzing (fuzz/README.md): each target for FUZZ_SECS seconds, on the nightly
+# toolchain with cargo-fuzz. Every target runs; the exit status says whether any failed.
+# make test replays the corpus kept in fuzz/corpus/ and fuzz/regressions/ on stable.
+fuzz:
+	cd fuzz && fail=0; for t in $(FUZZ_TARGETS); do \
+		cargo +nightly fuzz run -s none $$t -- -max_total_time=$(FUZZ_SECS) -timeout=5 || fail=1; \
+	done; exit $$fail
+
+# Shrinks the corpus kept in git after a long run (the engine's on edges only: fuzz/README.md).
+fuzz-cmin:
+	cd fuzz && cargo +nightly fuzz cmin -s none framer -- -timeout=5
+	cd fuzz && cargo +nightly fuzz cmin -s none command -- -timeout=5
+	cd fuzz && cargo +nightly fuzz cmin -s none engine -- -timeout=5 -use_counters=0
 
 lint:
 	$(CARGO) fmt --all -- --check

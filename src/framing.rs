@@ -94,6 +94,14 @@ impl Framer {
     /// order, by the next calls to [`Framer::next`]. The caller bounds how much it reads
     /// while it does this, so the buffer stays small.
     pub fn keep(&mut self, rest: &[u8]) {
+        let rest = if self.discarding {
+            // Still inside an over-long line: its end is the next LF.
+            let Some(lf) = find_lf(rest) else { return };
+            self.end_discarding();
+            &rest[lf + 1..]
+        } else {
+            rest
+        };
         self.pending.extend_from_slice(rest);
     }
 

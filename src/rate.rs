@@ -3,6 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+/// What floating-point refills may lose of a whole line.
+const ROUNDING: f64 = 1e-9;
+
 /// A client's line budget. It refills continuously at `per_second` up to twice that.
 #[derive(Debug, Clone)]
 pub struct Bucket {
@@ -24,10 +27,11 @@ impl Bucket {
         }
     }
 
-    /// Whether one more line is allowed now.
+    /// Whether one more line is allowed now. Rounding may leave the budget a hair short of a
+    /// whole line at the very moment [`Bucket::next_at`] named; that counts as whole.
     pub fn allows(&mut self, now: Instant) -> bool {
         self.refill(now);
-        self.tokens >= 1.0
+        self.tokens >= 1.0 - ROUNDING
     }
 
     /// Spends one line; call after [`Bucket::allows`] said yes.
@@ -41,11 +45,12 @@ impl Bucket {
         self.tokens >= self.burst
     }
 
-    /// When the next whole line will be allowed.
+    /// When the next whole line will be allowed: always after `now`, so that a timer set for it
+    /// can never come due in the turn that set it.
     pub fn next_at(&mut self, now: Instant) -> Instant {
         self.refill(now);
         let missing = (1.0 - self.tokens).max(0.0);
-        now + Duration::from_secs_f64(missing / self.per_second)
+        now + Duration::from_secs_f64(missing / self.per_second).max(Duration::from_micros(1))
     }
 
     fn refill(&mut self, now: Instant) {

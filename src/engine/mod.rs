@@ -805,7 +805,8 @@ impl Outbox {
         let Some(peer) = peers.get_mut(key) else {
             return;
         };
-        if peer.state == State::Closed || peer.overflowed {
+        // A draining client's side of the stream is shut: nothing more can be written to it.
+        if matches!(peer.state, State::Draining | State::Closed) || peer.overflowed {
             return;
         }
         if peer.out.len() + bytes.len() > self.max_pending {

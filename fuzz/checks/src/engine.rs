@@ -1,0 +1,750 @@
+//! The whole server (the sans-IO engine) driven by an arbitrary sequence of events, with fake
+//! sockets and a fake clock, checked after every call.
+//!
+//! Messages are tagged `#N.` (a number no other message has) so that the harness can find them
+//! in the transcript, the server's record of what it accepted and in which order, and in what
+//! each fake socket received. Other bytes the fuzzer sends never contain `#` and so are never
+//! taken for a tag.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use loopchat::config::{self, Parsed};
+use loopchat::engine::{Engine, Socket, State};
+
+use crate::Input;
+
+/// A socket as the engine sees it: input to hand out, what it was sent, how much more it can
+/// take, and whether it fails.
+struct Fake {
+    /// The harness's number for the client, which outlives the engine's key.
+    id: usize,
+    input: VecDeque<Vec<u8>>,
+    eof: bool,
+    sent: Vec<u8>,
+    /// Bytes the socket takes before it is full; `usize::MAX` is never full.
+    room: usize,
+    fail_read: bool,
+    fail_write: bool,
+    /// A read or write failed: the server may drop what it still owed.
+    failed: bool,
+    /// The server ended its direction of the stream (`shutdown_write`).
+    fin: bool,
+    /// What the server did that a socket does not allow.
+    misuse: Option<&'static str>,
+}
+
+impl Socket for Fake {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.fail_read {
+            self.failed = true;
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        let Some(chunk) = self.input.front_mut() else {
+            return if self.eof {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        };
+        let n = chunk.len().min(buf.len());
+        buf[..n].copy_from_slice(&chunk[..n]);
+        chunk.drain(..n);
+        if chunk.is_empty() {
+            self.input.pop_front();
+        }
+        Ok(n)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.fin {
+            // What a real socket says; the harness reports it after the call.
+            self.misuse.get_or_insert("written to after shutdown_write");
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if self.fail_write {
+            self.failed = true;
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if self.room == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = bytes.len().min(self.room);
+        self.sent.extend_from_slice(&bytes[..n]);
+        if self.room != usize::MAX {
+            self.room -= n;
+        }
+        Ok(n)
+    }
+
+    fn shutdown_write(&mut self) {
+        if self.fin {
+            self.misuse.get_or_insert("shutdown_write twice");
+        }
+        self.fin = true;
+    }
+}
+
+/// What the harness knows about a client, beyond what the engine shows.
+struct Client {
+    key: usize,
+    /// Bytes it has yet to send: they reach its socket in chunks.
+    outbox: Vec<u8>,
+    /// The engine call that admitted it.
+    joined: usize,
+    /// The call in which it stopped being surely in the room: it is owed what was accepted
+    /// before.
+    left: Option<usize>,
+    /// The call after which it is surely out of the room: it may have had what was accepted
+    /// up to then. The same as `left` but for a client made to close by the shutdown, which
+    /// stays in the room (it hears the console and UDP) until it is kicked or closed.
+    gone: Option<usize>,
+    shutdown_member: bool,
+    /// The server discarded or refused output for it (overflow, socket error, linger over).
+    dropped: bool,
+    /// Its state after the last engine call.
+    state: State,
+    /// What its socket took, once the engine handed it back.
+    final_sent: Option<Vec<u8>>,
+}
+
+/// A message the server accepted: in the transcript, in this order.
+struct Accepted {
+    tag: u64,
+    /// `None` for the console and UDP, which go to every member.
+    sender: Option<usize>,
+    call: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Flush,
+    Other,
+}
+
+const MAX_LINE: usize = 16;
+const MAX_CLIENTS: usize = 6;
+const MAX_OPS: usize = 4096;
+/// How far each step of the clock goes, in milliseconds: around the flush-partial quiet
+/// (100 ms), the rate (2 a second), the idle timeout (3 s) and the linger (2 s).
+const STEPS: [u64; 14] = [
+    1, 20, 99, 100, 101, 250, 500, 999, 1000, 2000, 2001, 3000, 5000, 10_000,
+];
+
+/// Lines and pieces of lines a client may send: commands, exit words, other protocols, the
+/// starts of commands that a tagged message can complete.
+const CLIENT_WORDS: [&[u8]; 26] = [
+    b"/nick alice\n",
+    b"/nick ALICE\n",
+    b"/nick SERVER\n",
+    b"/nick guest2\n",
+    b"/who\n",
+    b"/help\n",
+    b"/quit\n",
+    b"exit\n",
+    b"#LOGOUT\r\n",
+    b"/me waves\n",
+    b"/me ",
+    b"/msg guest1 ",
+    b"/msg alice hi\n",
+    b"/nick ",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"  \t",
+    b"GET / HTTP/1.1\r\n",
+    b"\x16\x03\x01",
+    b"0123456789abcdefghij\n",
+    b"0123456789abcde",
+    b"//x\n",
+    b"\xff\xfe\xc2\x9b\n",
+    b"\x1b[2Jhi\n",
+    b"/dance\n",
+];
+
+const CONSOLE_WORDS: [&str; 9] = [
+    "/who",
+    "/kick guest1",
+    "/kick alice",
+    "/shutdown",
+    "/help",
+    "/nope",
+    "hello",
+    "//x",
+    " ",
+];
+
+struct Run {
+    engine: Engine<Fake>,
+    max_pending: usize,
+    rate: u32,
+    t0: Instant,
+    now: Instant,
+    clients: Vec<Client>,
+    /// Engine key to client, for those still in the engine's table.
+    by_key: HashMap<usize, usize>,
+    /// Every tag handed out, and who sent it.
+    tags: HashMap<u64, Option<usize>>,
+    accepted: Vec<Accepted>,
+    /// Engine calls made so far; the current one's number.
+    call: usize,
+    /// The server still accepts connections (it stops in the turn it starts shutting down).
+    accepting: bool,
+    finished: bool,
+    trace: bool,
+}
+
+/// `LOOPCHAT_FUZZ_TRACE=1` prints every event to stderr as it happens (off while fuzzing).
+fn tracing() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("LOOPCHAT_FUZZ_TRACE").is_some())
+}
+
+/// Input: a byte of configuration, then events (see [`Run::op`]).
+///
+/// Checked after every engine call: no panic; each client's unframed input at most about a
+/// line's worth, its queued output at most `--max-pending`; no message accepted twice. After
+/// every turn: nothing owed is left unwritten unless the socket is full. At the end: every
+/// message accepted from a client (or the console, or UDP) was queued exactly once, in the
+/// transcript's order, to every other client that was in the room at the time, and nothing
+/// else was: a client the server dropped got a prefix of that. Then, given time and readers,
+/// every client's input is read and its output written.
+pub fn engine(data: &[u8]) {
+    let mut input = Input::new(data);
+    let mut run = Run::new(input.byte());
+    let mut ops = 0;
+    while !input.is_empty() && !run.finished && ops < MAX_OPS {
+        run.op(&mut input);
+        ops += 1;
+    }
+    run.settle();
+    run.check_deliveries();
+}
+
+impl Run {
+    fn new(flags: u8) -> Run {
+        let mut args = vec![
+            "--max-line".to_owned(),
+            MAX_LINE.to_string(),
+            "--max-clients".to_owned(),
+            MAX_CLIENTS.to_string(),
+        ];
+        let mut flag = |bit: u8, name: &str, on: &str, off: &str| {
+            args.push(name.to_owned());
+            args.push(if flags & bit != 0 { on } else { off }.to_owned());
+        };
+        flag(1, "--rate", "2", "0");
+        flag(2, "--flush-partial", "0", "100");
+        flag(4, "--idle-timeout", "3", "0");
+        flag(8, "--announce-limit", "2", "100");
+        flag(16, "--max-per-ip", "1", "0");
+        flag(32, "--max-pending", "1024", "256");
+        let Ok(Parsed::Run(config)) = config::parse("fuzz", &args) else {
+            panic!("bad flags {args:?}");
+        };
+        let t0 = Instant::now();
+        let trace = tracing();
+        if trace {
+            eprintln!("flags {args:?}");
+        }
+        Run {
+            max_pending: config.max_pending,
+            rate: config.rate,
+            engine: Engine::new(config, t0),
+            t0,
+            now: t0,
+            clients: Vec::new(),
+            by_key: HashMap::new(),
+            tags: HashMap::new(),
+            accepted: Vec::new(),
+            call: 0,
+            accepting: true,
+            finished: false,
+            trace,
+        }
+    }
+
+    /// With tracing on, each event is printed as it happens: a hang shows where it hangs.
+    fn note(&mut self, what: impl FnOnce() -> String) {
+        if self.trace {
+            let ms = self.now.duration_since(self.t0).as_millis();
+            eprintln!("{ms:>6} ms  {}", what());
+        }
+    }
+
+    fn fail(&self, what: String) -> ! {
+        if self.trace {
+            panic!("{what} (the events are above)");
+        }
+        panic!("{what} (LOOPCHAT_FUZZ_TRACE=1 shows the events)");
+    }
+
+    /// A client still in the engine's table, chosen by the next byte.
+    fn pick(&mut self, input: &mut Input<'_>) -> Option<(usize, usize)> {
+        let b = usize::from(input.byte());
+        let mut live: Vec<(usize, usize)> = self.by_key.iter().map(|(&k, &c)| (c, k)).collect();
+        live.sort_unstable();
+        live.get(b % live.len().max(1)).copied()
+    }
+
+    fn tag(&mut self, sender: Option<usize>) -> String {
+        let tag = self.tags.len() as u64;
+        self.tags.insert(tag, sender);
+        format!("#{tag}.")
+    }
+
+    fn socket(&mut self, key: usize) -> &mut Fake {
+        self.engine.socket_mut(key).expect("a live client")
+    }
+
+    /// One event. The op byte's low four bits say which; the bytes after it, its arguments.
+    fn op(&mut self, input: &mut Input<'_>) {
+        let op = input.byte();
+        match op & 15 {
+            0 => {
+                let last = input.byte() % 4;
+                self.connect(last);
+            }
+            1..=7 | 13 | 14 => {
+                let Some((c, key)) = self.pick(input) else {
+                    return;
+                };
+                self.client_op(op & 15, c, key, input);
+            }
+            8 => {
+                let step = STEPS[usize::from(input.byte()) % STEPS.len()];
+                self.now += Duration::from_millis(step);
+                self.note(|| format!("+{step} ms"));
+                self.turn();
+            }
+            10 => {
+                let b = input.byte();
+                let line = match CONSOLE_WORDS.get(usize::from(b)) {
+                    Some(word) => (*word).to_owned(),
+                    None => self.tag(None),
+                };
+                self.note(|| format!("console {line:?}"));
+                let was_stopping = self.engine.is_stopping();
+                self.call += 1;
+                self.engine.console(line.as_bytes(), self.now);
+                self.after(Call::Other, was_stopping);
+            }
+            11 => {
+                let b = input.byte();
+                let bytes = match b {
+                    0..=7 => CLIENT_WORDS[usize::from(b) * 3].to_vec(),
+                    8..=15 => junk(input.take(usize::from(b - 8) * 4)),
+                    _ => format!("{}\n", self.tag(None)).into_bytes(),
+                };
+                let from = SocketAddr::from(([10, 0, 0, 9], 9));
+                self.note(|| format!("datagram {:?}", String::from_utf8_lossy(&bytes)));
+                self.call += 1;
+                let reply = self.engine.datagram(&bytes, from, self.now);
+                // Without --rate every datagram with text is answered.
+                if reply.is_none()
+                    && self.rate == 0
+                    && !loopchat::text::is_blank(&loopchat::text::clean(&bytes))
+                {
+                    self.fail(format!("no answer to the datagram {bytes:?}"));
+                }
+                self.after(Call::Other, self.engine.is_stopping());
+            }
+            12 => {
+                self.note(|| "shutdown signal".into());
+                let was_stopping = self.engine.is_stopping();
+                self.call += 1;
+                self.engine.begin_shutdown(self.now);
+                self.after(Call::Other, was_stopping);
+            }
+            _ => {
+                self.note(|| "turn".into());
+                self.turn();
+            }
+        }
+    }
+
+    fn connect(&mut self, last: u8) {
+        if !self.accepting {
+            return;
+        }
+        // 127.0.0.1 is exempt from --max-per-ip; 10.0.0.x are not.
+        let addr = match last {
+            0 => SocketAddr::from(([127, 0, 0, 1], 40000)),
+            n => SocketAddr::from(([10, 0, 0, n], 40000)),
+        };
+        let id = self.clients.len();
+        let fake = Fake {
+            id,
+            input: VecDeque::new(),
+            eof: false,
+            sent: Vec::new(),
+            room: usize::MAX,
+            fail_read: false,
+            fail_write: false,
+            failed: false,
+            fin: false,
+            misuse: None,
+        };
+        self.call += 1;
+        let stopping = self.engine.is_stopping();
+        match self.engine.join(fake, addr, self.now) {
+            Ok(key) => {
+                self.note(|| format!("connect {addr} as client {id} (key {key})"));
+                if self.by_key.insert(key, id).is_some() {
+                    self.fail(format!("key {key} given while still in use"));
+                }
+                self.clients.push(Client {
+                    key,
+                    outbox: Vec::new(),
+                    joined: self.call,
+                    left: None,
+                    gone: None,
+                    shutdown_member: false,
+                    dropped: false,
+                    state: State::Open,
+                    final_sent: None,
+                });
+            }
+            Err((_, refusal)) => {
+                self.note(|| format!("connect {addr} refused: {refusal}"));
+                if self.by_key.len() < MAX_CLIENTS && last == 0 {
+                    self.fail(format!("refused with room to spare: {refusal}"));
+                }
+            }
+        }
+        self.after(Call::Other, stopping);
+    }
+
+    fn client_op(&mut self, op: u8, c: usize, key: usize, input: &mut Input<'_>) {
+        match op {
+            1 => {
+                let tag = self.tag(Some(c));
+                self.note(|| format!("client {c} will send {tag:?}"));
+                let outbox = &mut self.clients[c].outbox;
+                outbox.extend_from_slice(tag.as_bytes());
+                outbox.push(b'\n');
+            }
+            2 => {
+                let len = usize::from(input.byte() % 32);
+                let bytes = junk(input.take(len));
+                self.note(|| format!("client {c} will send {:?}", String::from_utf8_lossy(&bytes)));
+                self.clients[c].outbox.extend_from_slice(&bytes);
+            }
+            3 => {
+                let word = CLIENT_WORDS[usize::from(input.byte()) % CLIENT_WORDS.len()];
+                self.note(|| format!("client {c} will send {:?}", String::from_utf8_lossy(word)));
+                self.clients[c].outbox.extend_from_slice(word);
+            }
+            4 => {
+                // A read of n bytes of what it sent (0: all of it).
+                let n = usize::from(input.byte());
+                let outbox = &mut self.clients[c].outbox;
+                let n = if n == 0 {
+                    outbox.len()
+                } else {
+                    n.min(outbox.len())
+                };
+                let chunk: Vec<u8> = outbox.drain(..n).collect();
+                self.note(|| format!("client {c} sends {:?}", String::from_utf8_lossy(&chunk)));
+                if !chunk.is_empty() {
+                    // An empty chunk would read as the end of the stream; an empty read
+                    // event (a spurious wakeup) is still a read.
+                    self.socket(key).input.push_back(chunk);
+                }
+                self.readable(key);
+            }
+            5 => {
+                self.note(|| format!("client {c} ends its stream"));
+                self.socket(key).eof = true;
+                self.readable(key);
+            }
+            6 => {
+                self.note(|| format!("client {c} stops reading"));
+                self.socket(key).room = 0;
+            }
+            7 => {
+                let n = usize::from(input.byte());
+                self.note(|| format!("client {c} reads {n}x8 bytes (0: all)"));
+                let socket = self.socket(key);
+                socket.room = if n == 0 {
+                    usize::MAX
+                } else {
+                    socket.room.saturating_add(n * 8)
+                };
+                self.call += 1;
+                self.engine.writable(key);
+                self.after(Call::Other, self.engine.is_stopping());
+            }
+            13 => {
+                self.note(|| format!("client {c}: connection reset (read)"));
+                self.socket(key).fail_read = true;
+                self.readable(key);
+            }
+            _ => {
+                self.note(|| format!("client {c}: broken pipe (write)"));
+                self.socket(key).fail_write = true;
+                self.call += 1;
+                self.engine.writable(key);
+                self.after(Call::Other, self.engine.is_stopping());
+            }
+        }
+    }
+
+    fn readable(&mut self, key: usize) {
+        self.call += 1;
+        self.engine.read(key, self.now);
+        self.after(Call::Other, self.engine.is_stopping());
+    }
+
+    /// The end of a turn of the event loop, in the server's order: timers, clients left with
+    /// input, writes, closes.
+    fn turn(&mut self) {
+        let stopping = self.engine.is_stopping();
+        self.call += 1;
+        self.engine.tick(self.now);
+        self.after(Call::Other, stopping);
+        for key in self.engine.take_ready() {
+            self.call += 1;
+            self.engine.read(key, self.now);
+            self.after(Call::Other, stopping);
+        }
+        self.call += 1;
+        self.engine.flush(self.now);
+        self.after(Call::Flush, stopping);
+        for peer in self.engine.take_closed() {
+            let c = peer.socket.id;
+            if peer.state != State::Closed {
+                self.fail(format!("client {c} handed back while {:?}", peer.state));
+            }
+            let client = &mut self.clients[c];
+            self.by_key.remove(&client.key);
+            client.final_sent = Some(peer.socket.sent);
+            self.note(|| format!("client {c} closed"));
+        }
+        // Nothing owed may wait for an event that will not come.
+        for (&key, &c) in &self.by_key {
+            let peer = self.engine.peer(key).expect("in the table");
+            if peer.state == State::Closed {
+                self.fail(format!("client {c} closed but not handed back"));
+            }
+            if !peer.out.is_empty() && !peer.write_blocked {
+                self.fail(format!(
+                    "client {c}: {} bytes owed, not written",
+                    peer.out.len()
+                ));
+            }
+            if peer.state == State::Closing && !peer.write_blocked {
+                self.fail(format!("client {c}: closing, nothing to write, not closed"));
+            }
+        }
+        if self.engine.is_stopping() {
+            self.accepting = false;
+        }
+        self.finished = self.engine.is_finished(self.now);
+    }
+
+    /// After each engine call: what it accepted, and where each client stands.
+    fn after(&mut self, call: Call, was_stopping: bool) {
+        let shutdown_began = !was_stopping && self.engine.is_stopping();
+        let transcript = std::mem::take(self.engine.transcript());
+        for line in transcript.split(|&b| b == b'\n') {
+            let Some(tag) = tag_in(line) else {
+                continue;
+            };
+            let Some(&sender) = self.tags.get(&tag) else {
+                self.fail(format!("accepted a message nobody sent: {line:?}"));
+            };
+            if self.accepted.iter().any(|a| a.tag == tag) {
+                self.fail(format!(
+                    "accepted twice: {:?}",
+                    String::from_utf8_lossy(line)
+                ));
+            }
+            self.note(|| format!("  accepted {:?}", String::from_utf8_lossy(line)));
+            self.accepted.push(Accepted {
+                tag,
+                sender,
+                call: self.call,
+            });
+        }
+        let mut keys: Vec<(usize, usize)> = self.by_key.iter().map(|(&k, &c)| (k, c)).collect();
+        keys.sort_unstable();
+        for (key, c) in keys {
+            let Some(peer) = self.engine.peer(key) else {
+                self.fail(format!("client {c} left the table before take_closed"));
+            };
+            let held = peer.framer.held();
+            if held > 2 * (MAX_LINE + 2) {
+                self.fail(format!("client {c}: {held} bytes of input held"));
+            }
+            if peer.out.len() > self.max_pending {
+                self.fail(format!("client {c}: {} bytes queued", peer.out.len()));
+            }
+            if let Some(misuse) = peer.socket.misuse {
+                self.fail(format!("client {c}: {misuse}"));
+            }
+            let (state, overflowed, failed) = (peer.state, peer.overflowed, peer.socket.failed);
+            let client = &mut self.clients[c];
+            if client.left.is_none() && state != State::Open {
+                client.left = Some(self.call);
+                client.shutdown_member = shutdown_began && state == State::Closing;
+            }
+            if client.gone.is_none()
+                && client.left.is_some()
+                && (!client.shutdown_member || state == State::Closed)
+            {
+                client.gone = Some(self.call);
+            }
+            client.dropped |= overflowed || failed;
+            if state == State::Closed && client.state != State::Closed {
+                // A clean close: after the end of the stream was sent (draining), or by the
+                // flush that wrote the last byte. Any other drops what was still owed.
+                let clean = client.state == State::Draining
+                    || (client.state == State::Closing && call == Call::Flush);
+                client.dropped |= !clean;
+            }
+            if client.state != state && self.trace {
+                eprintln!("         client {c}: {:?} -> {state:?}", client.state);
+            }
+            client.state = state;
+        }
+    }
+
+    /// The end: every client reads everything and time goes on, until all is quiet.
+    fn settle(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.note(|| "settle: everyone reads".into());
+        let mut keys: Vec<usize> = self.by_key.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            self.socket(key).room = usize::MAX;
+            self.call += 1;
+            self.engine.writable(key);
+            self.after(Call::Other, self.engine.is_stopping());
+        }
+        // Rate-limited input takes its time: go on while anything moves, and call it stuck
+        // after 10 s of nothing (longer than every timer but the idle timeout's 3 s).
+        let mut still = 0;
+        let mut last = self.progress();
+        while still < 20 {
+            self.turn();
+            if self.finished || self.is_quiet() {
+                return;
+            }
+            self.now += Duration::from_millis(500);
+            let now = self.progress();
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+        }
+        let stuck: Vec<usize> = self.by_key.values().copied().collect();
+        self.fail(format!(
+            "never quiet: clients {stuck:?} still have input or output"
+        ));
+    }
+
+    /// What settling changes: messages accepted, bytes still to read or write, clients.
+    fn progress(&self) -> (usize, usize, usize) {
+        let bytes = self
+            .by_key
+            .keys()
+            .map(|&key| {
+                let peer = self.engine.peer(key).expect("in the table");
+                let unread: usize = peer.socket.input.iter().map(Vec::len).sum();
+                unread + peer.framer.held() + peer.out.len()
+            })
+            .sum();
+        (self.accepted.len(), bytes, self.by_key.len())
+    }
+
+    /// Every client's output written; every client in the room has had all its input read.
+    fn is_quiet(&self) -> bool {
+        self.by_key.keys().all(|&key| {
+            let peer = self.engine.peer(key).expect("in the table");
+            peer.out.is_empty()
+                && (peer.state != State::Open
+                    || (peer.socket.input.is_empty()
+                        && !peer.socket.eof
+                        && !peer.framer.has_line()))
+        })
+    }
+
+    fn check_deliveries(&self) {
+        for (c, client) in self.clients.iter().enumerate() {
+            let got = match &client.final_sent {
+                Some(sent) => tags_in(sent),
+                None => {
+                    let peer = self.engine.peer(client.key).expect("in the table");
+                    let mut queued = peer.socket.sent.clone();
+                    queued.extend_from_slice(&peer.out);
+                    tags_in(&queued)
+                }
+            };
+            let left = client.left.unwrap_or(usize::MAX);
+            let gone = client.gone.unwrap_or(usize::MAX);
+            let owed = |a: &&Accepted| a.sender != Some(c) && a.call > client.joined;
+            // Accepted while it was in the room: it must have all of them...
+            let before: Vec<u64> = self
+                .accepted
+                .iter()
+                .filter(owed)
+                .filter(|a| a.call < left)
+                .map(|a| a.tag)
+                .collect();
+            // ...and may have the first few of those accepted until it was gone.
+            let upto: Vec<u64> = self
+                .accepted
+                .iter()
+                .filter(owed)
+                .filter(|a| a.call <= gone)
+                .map(|a| a.tag)
+                .collect();
+            let who = format!(
+                "client {c} (joined at call {}, left at {:?}, gone at {:?}{})",
+                client.joined,
+                client.left,
+                client.gone,
+                if client.dropped { ", dropped" } else { "" }
+            );
+            if !upto.starts_with(&got) {
+                self.fail(format!(
+                    "{who} got {got:?}: not in order, twice, or not for it; owed {upto:?}"
+                ));
+            }
+            if !client.dropped && got.len() < before.len() {
+                self.fail(format!("{who} got {got:?}, owed {before:?}"));
+            }
+        }
+    }
+}
+
+/// Fuzzer bytes for a client or a datagram, without `#` so that they never make a tag.
+fn junk(bytes: &[u8]) -> Vec<u8> {
+    bytes
+        .iter()
+        .map(|&b| if b == b'#' { b'_' } else { b })
+        .collect()
+}
+
+/// The tag in a line meant for the room (the server's own lines and private messages are
+/// skipped: they are no broadcast).
+fn tag_in(line: &[u8]) -> Option<u64> {
+    if line.starts_with(b"[SERVER]") || line.starts_with(b"[PM ") {
+        return None;
+    }
+    let at = line.iter().position(|&b| b == b'#')?;
+    let rest = &line[at + 1..];
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || rest.get(digits) != Some(&b'.') {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+fn tags_in(bytes: &[u8]) -> Vec<u64> {
+    bytes.split(|&b| b == b'\n').filter_map(tag_in).collect()
+}
