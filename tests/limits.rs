@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     Client, Launch, Server, SockOpts, WAIT, WELCOME, cpu_used_during, have, proc_status_kb,
-    pump_batch, run_bounded,
+    pump_batch, run_bounded, welcomed_within,
 };
 use std::net::{IpAddr, TcpListener};
 use std::process::Command;
@@ -418,22 +418,8 @@ fn saturate_and_recover(server: &Server) {
     // Free descriptors: new clients get in within about a second.
     drop(rest);
     served.truncate(2.max(served.len() - 20));
-    // A refusal is fair until the server has seen the closes; a user would retry.
-    let start = Instant::now();
-    loop {
-        let mut late = Client::connect(server.addr);
-        let first = late.try_line(Duration::from_millis(1000));
-        if first.as_deref() == Some(WELCOME) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_millis(2000),
-            "still no welcome {:?} after freeing descriptors (got {first:?})",
-            start.elapsed()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-    println!("accepted again after {:?}", start.elapsed());
+    let took = welcomed_within(server.addr, Duration::from_secs(2));
+    println!("accepted again after {took:?}");
     served[0].send("/who");
     served[0].expect_prefix("[SERVER] ");
 }

@@ -729,6 +729,26 @@ pub fn pump_batch(
     other
 }
 
+/// Connects until a client is welcomed (a refusal is fair until the server has seen the
+/// closes that free its descriptors; a user would retry) and returns how long that took.
+/// Fails if it takes longer than `within`.
+pub fn welcomed_within(addr: SocketAddr, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut late = Client::connect(addr);
+        let first = late.try_line(Duration::from_secs(1));
+        if first.as_deref() == Some(WELCOME) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "no welcome {:?} after freeing descriptors (got {first:?})",
+            start.elapsed()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Polls `cond` until it holds or [`WAIT`] passes.
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
