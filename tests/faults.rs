@@ -12,12 +12,11 @@ mod common;
 
 use common::{
     Client, Console, Launch, SHUTDOWN, Server, SockOpts, WAIT, WELCOME, cpu_used_during, have,
-    proc_status_kb, pump_batch, run_bounded, welcomed_within,
+    proc_status_kb, pump_batch, server_out_of_descriptors, welcomed_within,
 };
 use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
@@ -118,17 +117,7 @@ fn out_of_descriptors_under_a_sustained_connect_flood_no_busy_loop_then_recovers
     }
     // tests/limits.rs cuts the limit and knocks 20 times; here connections keep arriving as
     // fast as two threads can make them for 4 seconds while the server is out of descriptors.
-    let server = Launch::new(&["--rate", "0"])
-        .env("RUST_LOG", "warn")
-        .capture_stderr()
-        .start();
-    let pid = server.pid().to_string();
-    let out = run_bounded(
-        Command::new("prlimit").args(["--pid", &pid, "--nofile=64:64"]),
-        None,
-        WAIT,
-    );
-    assert!(out.status.success(), "prlimit --pid failed: {out:?}");
+    let server = server_out_of_descriptors();
 
     // Fill every descriptor the server has.
     let mut served = Vec::new();

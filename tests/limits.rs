@@ -5,11 +5,10 @@
 mod common;
 
 use common::{
-    Client, Launch, Server, SockOpts, WAIT, WELCOME, cpu_used_during, have, proc_status_kb,
-    pump_batch, run_bounded, welcomed_within,
+    Client, Server, SockOpts, WAIT, WELCOME, cpu_used_during, fd_limited_server, have,
+    proc_status_kb, pump_batch, server_out_of_descriptors, welcomed_within,
 };
 use std::net::{IpAddr, TcpListener};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -350,14 +349,6 @@ fn prlimit_missing() -> bool {
     missing
 }
 
-fn fd_limited_server(wrapper: &[&str]) -> Server {
-    Launch::new(&["--rate", "0"])
-        .wrapper(wrapper)
-        .env("RUST_LOG", "warn")
-        .capture_stderr()
-        .start()
-}
-
 /// Opens far more connections than the server's 64 descriptors allow and checks that the
 /// connected clients are still served, the server neither spins nor floods its log while
 /// saturated (more connections keep arriving meanwhile), and new clients get in within about
@@ -439,17 +430,7 @@ fn running_out_of_descriptors_on_accept_keeps_serving_without_spinning_and_recov
     if prlimit_missing() {
         return;
     }
-    // Started with plenty (so --max-clients stays 10000), then cut to 64 while running:
-    // accept() itself fails with EMFILE.
-    let server = fd_limited_server(&[]);
-    let pid = server.pid().to_string();
-    let out = run_bounded(
-        Command::new("prlimit").args(["--pid", &pid, "--nofile=64:64"]),
-        None,
-        WAIT,
-    );
-    assert!(out.status.success(), "prlimit --pid failed: {out:?}");
-    saturate_and_recover(&server);
+    saturate_and_recover(&server_out_of_descriptors());
 }
 
 fn probe(bytes: &[u8]) -> (Vec<String>, Vec<String>) {

@@ -729,6 +729,30 @@ pub fn pump_batch(
     other
 }
 
+/// A server (`--rate 0`, warnings captured from stderr) started with `wrapper` (e.g. `prlimit
+/// --nofile=64:64`), or with none.
+pub fn fd_limited_server(wrapper: &[&str]) -> Server {
+    Launch::new(&["--rate", "0"])
+        .wrapper(wrapper)
+        .env("RUST_LOG", "warn")
+        .capture_stderr()
+        .start()
+}
+
+/// A server started with plenty of descriptors (so `--max-clients` stays as it is) whose limit
+/// is then cut to 64 while it runs: `accept()` itself fails with EMFILE from then on.
+pub fn server_out_of_descriptors() -> Server {
+    let server = fd_limited_server(&[]);
+    let pid = server.pid().to_string();
+    let out = run_bounded(
+        Command::new("prlimit").args(["--pid", &pid, "--nofile=64:64"]),
+        None,
+        WAIT,
+    );
+    assert!(out.status.success(), "prlimit --pid failed: {out:?}");
+    server
+}
+
 /// Connects until a client is welcomed (a refusal is fair until the server has seen the
 /// closes that free its descriptors; a user would retry) and returns how long that took.
 /// Fails if it takes longer than `within`.
