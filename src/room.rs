@@ -80,14 +80,6 @@ impl Room {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     pub fn contains(&self, id: ClientId) -> bool {
         self.members.contains_key(&id)
     }

@@ -116,14 +116,6 @@ impl<S: Socket> Engine<S> {
 
     // ----- what the event loop asks -----
 
-    pub fn len(&self) -> usize {
-        self.peers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
-    }
-
     /// The key the next [`Engine::join`] will use: the loop registers the socket under it.
     pub fn next_key(&self) -> usize {
         self.peers.vacant_key()
