@@ -5,9 +5,9 @@
 #   scripts/intercept.sh [PORT] [SECONDS]
 #
 # PORT is the server's port (1234 by default), TCP and UDP alike. SECONDS stops the capture
-# after that long; without it, Ctrl-C stops it. Needs tshark (Wireshark's command line) and the
-# right to capture (root, or membership of the wireshark group). docs/capture.md explains the
-# output and the same view in Wireshark.
+# after that long; without it, Ctrl-C stops it, prints the packets not yet shown and exits 0.
+# Needs tshark (Wireshark's command line) and the right to capture (root, or membership of the
+# wireshark group). docs/capture.md explains the output and the same view in Wireshark.
 set -euo pipefail
 
 port="${1:-1234}"
@@ -33,20 +33,38 @@ iface=lo
 limit=()
 [ "$seconds" != 0 ] && limit=(-a "duration:$seconds")
 
+stop="Ctrl-C stops it"
+[ "$seconds" != 0 ] && stop="it stops after $seconds s"
+
+# mawk, Debian's default awk, reads a pipe in blocks: without -W interactive no packet shows
+# until kilobytes of them have piled up. gawk and BSD awk print each line as it comes.
+awk=(awk)
+case "$(awk -W version 2>&1 </dev/null || true)" in
+  *mawk*) awk=(awk -W interactive) ;;
+esac
+
+# Ctrl-C reaches every process of the terminal's foreground group. tshark stops the capture on
+# it, prints the packets it still holds and exits 0; what reads its output must outlive the
+# signal to show them, ending when that output does.
+outlive_ctrl_c() { trap '' INT; exec "$@"; }
+
 errors=$(mktemp)
 trap 'rm -f "$errors"' EXIT
 
-echo "Capturing TCP and UDP port $port on $iface. Columns: seconds, from > to, protocol, TCP flags, payload." >&2
+echo "Capturing TCP and UDP port $port on $iface; $stop. Columns: seconds, from > to, protocol, TCP flags, payload." >&2
+# This shell outlives Ctrl-C too, to wait for the pipeline's last lines and clean up.
+trap : INT
 # -d ...,data: show the payload as plain data whatever dissector usually owns the port.
-# tshark's own messages go to stderr, and to a file for the diagnosis below.
+# tshark's own messages go to stderr, and to a file for the diagnosis below. The filter is
+# attached to the whole group, not to tshark, so that it is this shell's child and $! names it.
 status=0
+{
 tshark -i "$iface" -l -n "${limit[@]}" -f "port $port" \
   -d "tcp.port==$port,data" -d "udp.port==$port,data" -o data.show_as_text:TRUE \
   -T fields -E separator=/t \
   -e frame.time_relative -e ip.src -e ipv6.src -e tcp.srcport -e udp.srcport \
-  -e ip.dst -e ipv6.dst -e tcp.dstport -e udp.dstport -e tcp.flags.str -e data.text \
-  2> >(tee "$errors" | grep --line-buffered -v -e "^Running as user" -e "could be dangerous" -e "MESSAGE] -- File:" -e "^tshark: *$" >&2) |
-awk -F'\t' -v port="$port" '
+  -e ip.dst -e ipv6.dst -e tcp.dstport -e udp.dstport -e tcp.flags.str -e data.text |
+outlive_ctrl_c "${awk[@]}" -F'\t' -v port="$port" '
   function endpoint(ip4, ip6, p) {
     if (p == port) return "server"
     return (ip4 != "" ? ip4 : "[" ip6 "]") ":" p
@@ -66,6 +84,10 @@ awk -F'\t' -v port="$port" '
     printf "%10.6f  %-21s > %-21s %s  %-11s %s\n", $1, from, to, proto, (proto == "TCP" ? flags($10) : ""), $11
     fflush()
   }' || status=$?
+} 2> >(trap '' INT; tee "$errors" | grep --line-buffered -v -e "^Running as user" -e "could be dangerous" -e "MESSAGE] -- File:" -e "^tshark: *$" >&2)
+# tshark's last words ("N packets captured", or why it failed) are printed, and in $errors,
+# once the filter ends.
+wait "$!" || true
 
 if [ "$status" -ne 0 ]; then
   if grep -qi -e 'permission' -e 'not permitted' -e "don't have permission" "$errors"; then
