@@ -33,6 +33,7 @@ pub enum ConsoleCommand<'a> {
     /// Text for every client, shown as `SERVER: text`.
     Say(&'a str),
     Who,
+    Stats,
     Kick(&'a str),
     Shutdown,
     Help,
@@ -90,6 +91,7 @@ pub fn parse_console(line: &str) -> ConsoleCommand<'_> {
     let arg = rest.trim();
     match name.to_ascii_lowercase().as_str() {
         "who" => ConsoleCommand::Who,
+        "stats" => ConsoleCommand::Stats,
         "kick" => one_word(arg).map_or(ConsoleCommand::Usage(USAGE_KICK), ConsoleCommand::Kick),
         "shutdown" => ConsoleCommand::Shutdown,
         "help" => ConsoleCommand::Help,
@@ -173,6 +175,7 @@ mod tests {
         assert_eq!(parse_console("/kick"), ConsoleCommand::Usage(USAGE_KICK));
         assert_eq!(parse_console("/shutdown"), ConsoleCommand::Shutdown);
         assert_eq!(parse_console("/who"), ConsoleCommand::Who);
+        assert_eq!(parse_console("/stats"), ConsoleCommand::Stats);
         assert_eq!(parse_console("/nope"), ConsoleCommand::Unknown("nope"));
     }
 }

@@ -41,9 +41,22 @@ pub struct Config {
     /// Connections beyond this get a refusal line. Lowered at start-up if the process may not
     /// open that many descriptors.
     pub max_clients: usize,
+    /// Connections the descriptor limit leaves room for, leaving ones included; set at
+    /// start-up (not a flag): a client that has left but whose socket still drains takes no
+    /// place under `max_clients`, only under this.
+    pub max_sockets: usize,
     /// Connections allowed from one address (0 = no limit). 127.0.0.1 and ::1 are exempt so
-    /// that local tools and load tests work.
+    /// that local tools and load tests work, unless `limit_loopback`.
     pub max_per_ip: usize,
+    /// New connections per second from one address, in bursts of twice that (0 = no limit).
+    /// A flood of short connections otherwise brings a fresh `--rate` burst with each one.
+    pub connect_rate: u32,
+    /// 127.0.0.1 and ::1 count against `max_per_ip` and `connect_rate` like any address: for a
+    /// server behind a local proxy, and for tests of the limits.
+    pub limit_loopback: bool,
+    /// TCP keepalive: the first probe after this much silence, so that a peer whose machine
+    /// vanished (no FIN, no RST) loses its slot and its name; `None` turns it off.
+    pub keepalive: Option<Duration>,
     /// Bytes the server will hold for one client that is not reading. Past this the client is
     /// dropped, so one stalled reader can never make the server grow without bound.
     pub max_pending: usize,
@@ -81,11 +94,47 @@ pub mod defaults {
     pub const MAX_PENDING: usize = 256 * 1024;
     /// Faster than anyone types, slower than any script that floods.
     pub const RATE: u32 = 10;
+    /// A person reconnecting, or a handful of people behind one NAT, stay far below it; a
+    /// script opening connections in a loop does not (ergo allows 32 per 10 minutes).
+    pub const CONNECT_RATE: u32 = 10;
+    /// Redis's `tcp-keepalive` is 300 s; a chat user expects a vanished peer's name back in a
+    /// couple of minutes. Linux's own default (7,200 s) is far too long for a name.
+    pub const KEEPALIVE_SECS: u64 = 60;
     /// Long enough for one `send()` of a line to arrive in pieces, short enough to feel instant.
     pub const FLUSH_PARTIAL_MS: u64 = 100;
     /// A room you can still follow join by join.
     pub const ANNOUNCE_LIMIT: usize = 100;
     pub const WELCOME: &str = "Welcome to the best chat in the universe!";
+}
+
+/// Room-wide flow control (src/engine/flow.rs; docs/protocol.md, "Flow control"): the server
+/// takes new input only while the output it owes to the clients that keep up is within these
+/// marks. Not flags: they bound memory and fairness, not policy, and the reasons below hold for
+/// any room.
+pub mod flow {
+    use std::time::Duration;
+
+    /// Input stops when this much is owed, in all, to clients that keep up. It is the most a
+    /// broadcast burst can hold in the server (plus one line per member), and it is still
+    /// large enough that a turn's writes carry many lines each: at 1,000 members it is 16 KiB
+    /// each, about 200 chat lines.
+    pub const ROOM_HIGH_WATER: usize = 16 << 20;
+    /// Input resumes below this: half the high mark, so that a room at its limit takes input in
+    /// batches, not a line at a time on every write.
+    pub const ROOM_LOW_WATER: usize = 8 << 20;
+    /// Input also stops while any client that keeps up is owed this much. A reader that keeps
+    /// up therefore never gets near `--max-pending`: only one that stops reading does.
+    pub const MEMBER_HIGH_WATER: usize = 64 << 10;
+    /// A client whose queue has not been empty for this long is behind: the room stops waiting
+    /// for it (it is dropped at `--max-pending` as before). A reader on loopback or a LAN
+    /// empties its queue on every turn; this only has to be long next to a turn.
+    pub const BEHIND_AFTER: Duration = Duration::from_millis(250);
+
+    /// The member's mark, never more than half of `--max-pending`, so that a small
+    /// `--max-pending` still leaves room between holding input and dropping a client.
+    pub fn member_high_water(max_pending: usize) -> usize {
+        MEMBER_HIGH_WATER.min(max_pending / 2).max(1)
+    }
 }
 
 /// Why the command line could not be used, printed above the usage text.
@@ -132,6 +181,23 @@ fn options() -> Options {
     );
     o.optopt(
         "",
+        "connect-rate",
+        "new connections per second per address (bursts of 2N), 0 = no limit",
+        "N",
+    );
+    o.optflag(
+        "",
+        "limit-loopback",
+        "count 127.0.0.1 and ::1 against --max-per-ip and --connect-rate too",
+    );
+    o.optopt(
+        "",
+        "keepalive",
+        "TCP keepalive: first probe after SECS of silence, 0 = off",
+        "SECS",
+    );
+    o.optopt(
+        "",
         "max-pending",
         "unread bytes held per client before it is dropped",
         "BYTES",
@@ -173,12 +239,14 @@ pub fn usage(program: &str) -> String {
     let brief = format!(
         "Usage: {program} [options]\n\n\
          A chat server in one event loop. Talk to it with `nc localhost {}`.\n\
-         Defaults: --max-line {} --max-clients {} --max-per-ip {} --max-pending {} --rate {} \
-         --flush-partial {} --announce-limit {}",
+         Defaults: --max-line {} --max-clients {} --max-per-ip {} --connect-rate {} \
+         --keepalive {} --max-pending {} --rate {} --flush-partial {} --announce-limit {}",
         defaults::PORT,
         defaults::MAX_LINE,
         defaults::MAX_CLIENTS,
         defaults::MAX_PER_IP,
+        defaults::CONNECT_RATE,
+        defaults::KEEPALIVE_SECS,
         defaults::MAX_PENDING,
         defaults::RATE,
         defaults::FLUSH_PARTIAL_MS,
@@ -231,13 +299,18 @@ pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Parsed, UsageEr
     }
     let secs: u64 = number(&m, "idle-timeout", 0)?;
     let ms: u64 = number(&m, "flush-partial", defaults::FLUSH_PARTIAL_MS)?;
+    let keepalive: u64 = number(&m, "keepalive", defaults::KEEPALIVE_SECS)?;
     Ok(Parsed::Run(Config {
         listen: SocketAddr::new(host, number(&m, "port", defaults::PORT)?),
         mode,
         udp,
         max_line,
         max_clients: number(&m, "max-clients", defaults::MAX_CLIENTS)?,
+        max_sockets: usize::MAX,
         max_per_ip: number(&m, "max-per-ip", defaults::MAX_PER_IP)?,
+        connect_rate: number(&m, "connect-rate", defaults::CONNECT_RATE)?,
+        limit_loopback: m.opt_present("limit-loopback"),
+        keepalive: (keepalive > 0).then(|| Duration::from_secs(keepalive)),
         max_pending: number(&m, "max-pending", defaults::MAX_PENDING)?,
         rate: number(&m, "rate", defaults::RATE)?,
         idle_timeout: (secs > 0).then(|| Duration::from_secs(secs)),

@@ -6,6 +6,7 @@
 
 use std::fmt::Display;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// The first line on standard output; tests and scripts read the port from it.
 pub fn listening(addr: SocketAddr) -> String {
@@ -68,9 +69,10 @@ pub const HELP: [&str; 7] = [
     "[SERVER]   //TEXT          a message that starts with /",
 ];
 
-pub const CONSOLE_HELP: [&str; 5] = [
+pub const CONSOLE_HELP: [&str; 6] = [
     "[SERVER] Console: a line of text goes to every client as SERVER: TEXT",
     "[SERVER]   /who            who is online",
+    "[SERVER]   /stats          clients, traffic, flow control, drops",
     "[SERVER]   /kick NAME      disconnect a client",
     "[SERVER]   /shutdown       notify everyone and stop",
     "[SERVER]   //TEXT          send a line that starts with /",
@@ -85,6 +87,8 @@ pub const KICK_REASON: &str = "kicked by operator";
 pub const SERVER_FULL: &str = "[SERVER] Error: server full, try again later";
 pub const TOO_MANY_FROM_ADDRESS: &str =
     "[SERVER] Error: too many connections from your address, try again later";
+pub const TOO_MANY_NEW_CONNECTIONS: &str =
+    "[SERVER] Error: too many new connections from your address, try again in a moment";
 pub const NOT_HTTP: &str =
     "[SERVER] Error: this is a chat server, not a web server: connect with nc or loopchat-client";
 pub const NOT_TLS: &str =
@@ -147,6 +151,67 @@ pub fn listening_udp(addr: SocketAddr) -> String {
 /// Where the transcript dropped lines because standard output was not being read.
 pub fn transcript_dropped(lines: u64) -> String {
     format!("[SERVER] {lines} transcript lines dropped: standard output was not being read")
+}
+
+/// The transcript's line when flow control starts holding input back.
+pub fn flow_holding(owed: usize, largest: usize) -> String {
+    format!(
+        "[SERVER] Flow control: holding input back ({owed} bytes owed, largest queue {largest})"
+    )
+}
+
+/// The transcript's line when every client held back has been served.
+pub fn flow_flowing(held: Duration) -> String {
+    let secs = held.as_secs_f64();
+    format!("[SERVER] Flow control: input flowing again after {secs:.1} s")
+}
+
+/// `/stats` on the console, one line each for who, traffic, flow control and drops. Rates are
+/// per second since the previous `/stats` (or the start).
+pub fn stats(s: &Stats) -> [String; 4] {
+    let flow = if s.holding { "holding" } else { "flowing" };
+    [
+        format!(
+            "[SERVER] Stats: {} clients, {} sockets, up {} s",
+            s.clients, s.sockets, s.uptime_secs
+        ),
+        format!(
+            "[SERVER]   in {} lines ({:.0}/s), out {} lines ({:.0}/s), {} bytes written",
+            s.lines_in, s.lines_in_per_sec, s.lines_out, s.lines_out_per_sec, s.bytes_out
+        ),
+        format!(
+            "[SERVER]   owed {} bytes, largest queue {}; flow control {flow}: {} senders waiting, {} holds, {:.1} s held",
+            s.owed, s.largest, s.waiting, s.holds, s.held_secs
+        ),
+        format!(
+            "[SERVER]   dropped {} too slow, {} idle, {} on errors; refused {} full, {} per address, {} connection rate",
+            s.too_slow, s.idle, s.errors, s.refused_full, s.refused_per_address, s.refused_rate
+        ),
+    ]
+}
+
+/// What `/stats` shows.
+pub struct Stats {
+    pub clients: usize,
+    pub sockets: usize,
+    pub uptime_secs: u64,
+    pub lines_in: u64,
+    pub lines_in_per_sec: f64,
+    pub lines_out: u64,
+    pub lines_out_per_sec: f64,
+    pub bytes_out: u64,
+    pub owed: usize,
+    pub largest: usize,
+    pub holding: bool,
+    pub waiting: usize,
+    pub holds: u64,
+    pub held_secs: f64,
+    pub too_slow: u64,
+    pub idle: u64,
+    pub errors: u64,
+    pub refused_full: u64,
+    pub refused_per_address: u64,
+    pub refused_rate: u64,
 }
 
 /// A console line for every client.

@@ -1,6 +1,8 @@
-//! The token bucket behind `--rate`: N lines a second with bursts of 2N. Pure: the caller
-//! passes the time in, so tests need no sleeping.
+//! The token bucket behind `--rate` and `--connect-rate`: N a second with bursts of 2N. Pure:
+//! the caller passes the time in, so tests need no sleeping.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 /// What floating-point refills may lose of a whole line.
@@ -60,6 +62,47 @@ impl Bucket {
     }
 }
 
+/// A budget per key (a UDP sender, an address that connects), in a map that cannot grow without
+/// bound: past `most` keys, those whose budget is whole again are forgotten (they remember
+/// nothing worth keeping), and if every one is busy a new key is refused.
+pub struct Budgets<K> {
+    per_second: u32,
+    most: usize,
+    buckets: HashMap<K, Bucket>,
+}
+
+impl<K: Hash + Eq> Budgets<K> {
+    pub fn new(per_second: u32, most: usize) -> Budgets<K> {
+        Budgets {
+            per_second,
+            most,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Spends one from `key`'s budget if it allows it; always allows when the rate is 0.
+    pub fn allows(&mut self, key: K, now: Instant) -> bool {
+        if self.per_second == 0 {
+            return true;
+        }
+        if self.buckets.len() >= self.most && !self.buckets.contains_key(&key) {
+            self.buckets.retain(|_, bucket| !bucket.is_full(now));
+            if self.buckets.len() >= self.most {
+                return false;
+            }
+        }
+        let bucket = self
+            .buckets
+            .entry(key)
+            .or_insert_with(|| Bucket::new(self.per_second, now));
+        let allowed = bucket.allows(now);
+        if allowed {
+            bucket.spend();
+        }
+        allowed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +127,24 @@ mod tests {
             20,
             "never more than the burst"
         );
+    }
+
+    #[test]
+    fn budgets_per_key_forget_the_idle_and_refuse_when_all_are_busy() {
+        let t0 = Instant::now();
+        let mut b = Budgets::new(1, 2);
+        assert!(b.allows("a", t0) && b.allows("a", t0));
+        assert!(!b.allows("a", t0), "a burst of two");
+        assert!(b.allows("b", t0));
+        assert!(
+            !b.allows("c", t0),
+            "two keys, both busy: no room for a third"
+        );
+        let later = t0 + Duration::from_secs(2);
+        assert!(
+            b.allows("c", later),
+            "whole budgets are forgotten to make room"
+        );
+        assert!(Budgets::new(0, 0).allows("x", t0), "0 means no limit");
     }
 }

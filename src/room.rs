@@ -48,6 +48,8 @@ pub enum ConsoleAfter {
     Continue,
     /// The client was removed from the room: deliver its last lines, then close.
     Close(ClientId),
+    /// The server's figures, which the room does not hold.
+    Stats,
     Shutdown,
 }
 
@@ -188,6 +190,7 @@ impl Room {
                 None => reply(out, notice::no_such_user(name)),
             },
             ConsoleCommand::Shutdown => return ConsoleAfter::Shutdown,
+            ConsoleCommand::Stats => return ConsoleAfter::Stats,
             ConsoleCommand::Help => {
                 for line in notice::CONSOLE_HELP {
                     reply(out, line.to_owned());

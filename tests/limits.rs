@@ -1,6 +1,6 @@
 //! Limits and faults over real sockets: the line cap, rate limiting by backpressure, slow
-//! readers, --max-clients, --max-per-ip, running out of file descriptors, HTTP and TLS
-//! clients, and the idle timeout.
+//! readers, --max-clients, --max-per-ip, --connect-rate, keepalive, running out of file
+//! descriptors, HTTP and TLS clients, and the idle timeout.
 
 mod common;
 
@@ -291,6 +291,132 @@ fn max_clients_refuses_the_next_one_without_announcing_it() {
     room[0].expect_line(&format!("[SERVER] Client: {gone_name} disconnected."));
     let newcomer = server.client();
     room[0].expect_line(&format!("[SERVER] Client: {} connected!", newcomer.name));
+}
+
+#[test]
+fn a_client_that_left_frees_its_place_at_once() {
+    let server = Server::start(&["--max-clients", "3"]);
+    let mut room = server.crowd(3);
+    // It quits and gets its goodbye, but keeps its socket open: the server is still draining
+    // that connection when the next client comes.
+    room[0].send("/quit");
+    room[0].expect_line("[SERVER] Bye!");
+    let gone = room[0].name.clone();
+    room[1].expect_line(&format!("[SERVER] Client: {gone} disconnected."));
+    let mut newcomer = Client::connect(server.addr);
+    assert_eq!(
+        newcomer.line(),
+        WELCOME,
+        "a client that has left must not count against --max-clients"
+    );
+    newcomer.read_intro();
+    room[1].expect_line(&format!("[SERVER] Client: {} connected!", newcomer.name));
+    // And the place really was its: the next one is refused.
+    let mut extra = Client::connect(server.addr);
+    assert_eq!(extra.read_to_close(), vec![FULL.to_string()]);
+}
+
+#[test]
+fn new_connections_from_one_address_are_paced_by_connect_rate() {
+    const SLOW_DOWN: &str =
+        "[SERVER] Error: too many new connections from your address, try again in a moment";
+    let server = Server::start(&[
+        "--connect-rate",
+        "2",
+        "--limit-loopback",
+        "--max-per-ip",
+        "0",
+    ]);
+    // A burst of twice the rate, each connection closed again: the rate counts connects, not
+    // connections held.
+    for _ in 0..4 {
+        drop(server.client());
+    }
+    let mut refused = Client::connect(server.addr);
+    assert_eq!(refused.read_to_close(), vec![SLOW_DOWN.to_string()]);
+    // The budget refills at two a second.
+    thread::sleep(Duration::from_millis(600));
+    drop(server.client());
+
+    // Without --limit-loopback, 127.0.0.1 is exempt; another loopback address is not.
+    let server = Server::start(&["--connect-rate", "1", "--max-per-ip", "0"]);
+    for _ in 0..6 {
+        drop(server.client());
+    }
+    let _first = Server::greet(connect_from(&server, "127.0.0.2"));
+    let _second = Server::greet(connect_from(&server, "127.0.0.2"));
+    let mut third = connect_from(&server, "127.0.0.2");
+    assert_eq!(third.read_to_close(), vec![SLOW_DOWN.to_string()]);
+}
+
+/// Drops every packet a client sends (by its source port) with an nftables rule, as if its
+/// machine had vanished: no FIN, no reset, no answer to anything. Removed when dropped.
+struct Vanished {
+    table: String,
+}
+
+impl Vanished {
+    fn port(port: u16) -> Result<Vanished, String> {
+        let table = format!("loopchat_test_{port}");
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} input {{ type filter hook input priority -10 ; }}\n\
+             add rule inet {table} input tcp sport {port} drop\n"
+        );
+        let out = common::run_bounded(
+            std::process::Command::new("nft").args(["-f", "-"]),
+            Some(script.as_bytes()),
+            WAIT,
+        );
+        if out.status.success() {
+            Ok(Vanished { table })
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+}
+
+impl Drop for Vanished {
+    fn drop(&mut self) {
+        common::run_bounded(
+            std::process::Command::new("nft").args(["delete", "table", "inet", &self.table]),
+            None,
+            WAIT,
+        );
+    }
+}
+
+#[test]
+fn a_peer_that_vanishes_is_dropped_by_keepalive() {
+    if !have("nft") {
+        println!("skipping: nft (package nftables) is not installed");
+        return;
+    }
+    let server = Server::start(&["--keepalive", "1"]);
+    let mut room = server.room(&["watcher", "ghost"]);
+    let port = room[1].stream.local_addr().unwrap().port();
+    let _rule = match Vanished::port(port) {
+        Ok(rule) => rule,
+        Err(why) => {
+            println!("skipping: cannot add an nftables rule here: {why}");
+            return;
+        }
+    };
+    // --keepalive 1: probes after 1 s of silence, 3 of them 1 s apart, then the peer is gone:
+    // about 4 s, documented as "within about twice SECS" plus the probe interval.
+    let start = Instant::now();
+    let line = room[0]
+        .try_line(Duration::from_secs(10))
+        .expect("the vanished peer was never dropped");
+    let took = start.elapsed();
+    assert_eq!(line, "[SERVER] Client: ghost disconnected (timed out)");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "dropped after {took:?}"
+    );
+    println!("a vanished peer was dropped after {took:?} with --keepalive 1");
+    // Its name is free again.
+    room[0].rename("ghost");
 }
 
 fn connect_from(server: &Server, ip: &str) -> Client {

@@ -9,9 +9,10 @@
 //! - A client connects: [`Engine::join`] admits it (or returns the refusal to send).
 //! - Its socket is readable: [`Engine::read`]. Its socket is writable again: [`Engine::writable`].
 //! - Time passes: sleep no longer than [`Engine::next_deadline`], then [`Engine::tick`].
-//! - Before sleeping again: read the clients of [`Engine::take_ready`] (edge-triggered sockets
-//!   left with input on purpose give no new event), [`Engine::flush`] what is owed, close the
-//!   sockets of [`Engine::take_closed`], print [`Engine::transcript`].
+//! - Before sleeping again: [`Engine::end_turn`] reads the clients left with input on purpose
+//!   (edge-triggered sockets give no new event for them), writes what is owed, serves clients
+//!   that waited for the room's budget, and hands back the connections to close; then print
+//!   [`Engine::transcript`].
 //!
 //! Nothing is removed from the table until [`Engine::take_closed`], once per turn: a key freed
 //! in the middle of a batch of events could be handed to a new connection while an event for
@@ -20,9 +21,10 @@
 
 mod admission;
 pub mod deadlines;
+mod flow;
 mod peer;
+mod stats;
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,24 +33,27 @@ use slab::Slab;
 
 use crate::ack::{self, Answer};
 use crate::command;
-use crate::config::{Config, Mode};
+use crate::config::{self, Config, Mode};
 use crate::framing::{self, Frame, Framer};
 use crate::notice;
-use crate::rate::Bucket;
+use crate::rate::{Bucket, Budgets};
 use crate::room::{After, ConsoleAfter, Out, Room, To};
 use crate::text;
 use admission::Admission;
 use deadlines::{Deadlines, Timer};
+pub use flow::Pace;
+use flow::{Change, Flow};
 use peer::Lines;
 pub use peer::{Peer, State};
+use stats::{Counters, Rates};
 
 /// One read buffer for all clients: per-client memory holds only unfinished lines and output.
 /// 64 KiB also holds the largest UDP datagram whole.
 pub const SCRATCH: usize = 64 * 1024;
 /// Bytes read from one client per turn before the others get their go.
 const FAIR_SHARE: usize = 64 * 1024;
-/// UDP senders whose rate budget is remembered at once. Past this, senders with a full budget
-/// are forgotten; if every one is busy, datagrams from new senders are dropped.
+/// UDP senders whose rate budget is remembered at once (see [`Budgets`]): if every one is busy,
+/// datagrams from new senders are dropped.
 const UDP_SENDERS: usize = 4096;
 /// How long a leaving client may go without reading its last lines, and how long the server
 /// flushes at shutdown.
@@ -82,7 +87,13 @@ pub struct Engine<S> {
     /// Standard output, gathered during a turn.
     transcript: Vec<u8>,
     /// The `--rate` budget of each UDP sender, by address.
-    udp_budgets: HashMap<SocketAddr, Bucket>,
+    udp_budgets: Budgets<SocketAddr>,
+    /// Connections in the room (or, in echo and ack, not yet leaving): what `--max-clients`
+    /// counts.
+    open: usize,
+    counters: Counters,
+    rates: Rates,
+    started: Instant,
     next_generation: u64,
     shutdown_at: Option<Instant>,
     /// The time of the event being handled, given by the caller.
@@ -93,7 +104,7 @@ impl<S: Socket> Engine<S> {
     pub fn new(config: Config, now: Instant) -> Engine<S> {
         Engine {
             room: Room::new(config.welcome.clone(), config.announce_limit),
-            admission: Admission::new(config.max_clients, config.max_per_ip),
+            admission: Admission::new(&config),
             peers: Slab::new(),
             deadlines: Deadlines::default(),
             scratch: vec![0; SCRATCH],
@@ -102,11 +113,17 @@ impl<S: Socket> Engine<S> {
                 max_pending: config.max_pending,
                 dirty: Vec::new(),
                 overflowed: Vec::new(),
+                flow: Flow::new(config::flow::member_high_water(config.max_pending)),
+                lines_out: 0,
             },
             ready: Vec::new(),
             closed: Vec::new(),
             transcript: Vec::new(),
-            udp_budgets: HashMap::new(),
+            udp_budgets: Budgets::new(config.rate, UDP_SENDERS),
+            open: 0,
+            counters: Counters::default(),
+            rates: Rates::new(now),
+            started: now,
             next_generation: 0,
             shutdown_at: None,
             now,
@@ -129,31 +146,49 @@ impl<S: Socket> Engine<S> {
         self.peers.get_mut(key).map(|p| &mut p.socket)
     }
 
-    /// How long the loop may sleep: until the nearest timer, or the end of the shutdown.
+    /// How long the loop may sleep: until the nearest timer, the next look for clients that
+    /// hold the room back, or the end of the shutdown.
     pub fn next_deadline(&self, now: Instant) -> Option<Duration> {
-        let timer = self.deadlines.timeout(now);
-        let shutdown = self.shutdown_at.map(|at| at.saturating_duration_since(now));
-        match (timer, shutdown) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let engine = [self.outbox.flow.sweep_at(), self.shutdown_at]
+            .into_iter()
+            .flatten()
+            .map(|at| at.saturating_duration_since(now));
+        engine.chain(self.deadlines.timeout(now)).min()
     }
 
-    /// Connections to read without waiting for an event.
-    pub fn take_ready(&mut self) -> Vec<usize> {
-        std::mem::take(&mut self.ready)
-    }
-
+    /// Whether clients wait to be read without an event: the loop must not sleep.
     pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
+        !self.ready.is_empty() || self.outbox.flow.has_ready()
     }
 
-    /// Connections that are done: the loop deregisters and drops their sockets.
-    pub fn take_closed(&mut self) -> Vec<Peer<S>> {
+    /// The end of a turn of the event loop, before it sleeps: reads the clients left with
+    /// input on purpose, writes what every connection is owed, serves in turn the clients that
+    /// waited for the room's budget (and writes what they said), and hands back the
+    /// connections that are done, for the loop to deregister and drop.
+    pub fn end_turn(&mut self, now: Instant) -> Vec<Peer<S>> {
+        self.now = now;
+        for key in std::mem::take(&mut self.ready) {
+            self.read(key, now);
+        }
+        self.flush();
+        if self.release() {
+            self.flush();
+        }
+        if let Change::Ended(held) = self.outbox.flow.settle(now) {
+            log::info!("flow control: input flowing again after {held:?}");
+            self.print_line(&notice::flow_flowing(held));
+        }
+        self.take_closed()
+    }
+
+    fn take_closed(&mut self) -> Vec<Peer<S>> {
         let mut gone = Vec::with_capacity(self.closed.len());
         for key in self.closed.drain(..) {
             if let Some(peer) = self.peers.try_remove(key) {
                 self.admission.release(peer.addr.ip());
+                if peer.waiting {
+                    self.outbox.flow.forget(key);
+                }
                 gone.push(peer);
             }
         }
@@ -185,9 +220,14 @@ impl<S: Socket> Engine<S> {
         now: Instant,
     ) -> Result<usize, (S, &'static str)> {
         self.now = now;
-        if let Err(refusal) = self.admission.admit(addr.ip(), self.peers.len()) {
-            return Err((socket, refusal));
+        let admitted = self
+            .admission
+            .admit(addr.ip(), self.open, self.peers.len(), now);
+        if let Err(refusal) = admitted {
+            self.counters.refused(refusal);
+            return Err((socket, refusal.line()));
         }
+        self.open += 1;
         self.next_generation += 1;
         let bucket = (self.config.rate > 0).then(|| Bucket::new(self.config.rate, now));
         let framer = Framer::new(self.config.max_line);
@@ -216,12 +256,19 @@ impl<S: Socket> Engine<S> {
 
     /// The client's socket is readable, or may be: reads until it has nothing more
     /// (WouldBlock, as edge triggering requires), or the client may not send more now (rate
-    /// budget, echo backpressure), or its fair share of the turn is used. In the last case it
-    /// goes on the ready list, since no new event would come for it.
+    /// budget, the room's budget, echo backpressure), or its fair share of the turn is used.
+    /// In the last case it goes on the ready list, since no new event would come for it; while
+    /// clients wait for the room's budget the share is split among them, and it waits in turn.
     pub fn read(&mut self, key: usize, now: Instant) {
         self.now = now;
         let mut scratch = std::mem::take(&mut self.scratch);
-        let mut share = FAIR_SHARE;
+        let contended = self.outbox.flow.is_contended();
+        let mut share = if contended {
+            // The turn is shared among those waiting, but is never less than a line.
+            (FAIR_SHARE / self.outbox.flow.waiting().max(1)).max(self.config.max_line + 2)
+        } else {
+            FAIR_SHARE
+        };
         while let Some(want) = self.input_budget(key) {
             let peer = &mut self.peers[key];
             let n = match peer.socket.read(&mut scratch[..want.min(share)]) {
@@ -251,7 +298,11 @@ impl<S: Socket> Engine<S> {
             self.received(key, &scratch[..n]);
             share -= n;
             if share == 0 {
-                self.ready.push(key);
+                if contended {
+                    self.wait_for_room(key);
+                } else {
+                    self.ready.push(key);
+                }
                 break;
             }
         }
@@ -271,22 +322,72 @@ impl<S: Socket> Engine<S> {
     }
 
     /// Writes what every connection with queued output is owed, until all is written or its
-    /// socket is full. A failure drops the client, whose departure is more output: this
-    /// repeats until nothing is left to write.
-    pub fn flush(&mut self, now: Instant) {
-        self.now = now;
+    /// socket is full. A failure, or a queue still over `--max-pending` when the socket is
+    /// full, drops the client, whose departure is more output: this repeats until nothing is
+    /// left to write.
+    fn flush(&mut self) {
         while !self.outbox.dirty.is_empty() {
             for key in std::mem::take(&mut self.outbox.dirty) {
                 if let Err(e) = self.write_out(key) {
                     self.drop_client(key, &e);
                 }
             }
+            self.drop_overflowed();
+            self.deliver();
         }
+    }
+
+    /// Serves the clients that waited for the room's budget, each in turn, once round at most:
+    /// the lines it was stopped in the middle of, then about a line more from its socket. It
+    /// goes to the back of the line if it has more. Returns whether anyone was served.
+    fn release(&mut self) -> bool {
+        let mut turns = self.outbox.flow.waiting();
+        let mut served = false;
+        while turns > 0
+            && let Some(key) = self.outbox.flow.next_waiting()
+        {
+            turns -= 1;
+            let Some(peer) = self.peers.get_mut(key) else {
+                continue;
+            };
+            peer.waiting = false;
+            served = true;
+            self.take_lines(key, &[]);
+            self.read(key, self.now);
+        }
+        served
+    }
+
+    /// A client has input the room cannot take now: it waits its turn.
+    fn wait_for_room(&mut self, key: usize) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        if peer.waiting {
+            return;
+        }
+        peer.waiting = true;
+        if self.outbox.flow.wait(key, self.now) == Change::Started {
+            let (owed, largest) = self.owed();
+            log::info!("flow control: holding input back, {owed} bytes owed");
+            self.print_line(&notice::flow_holding(owed, largest));
+        }
+    }
+
+    /// Bytes owed in all, and the largest queue. Walks every connection: for the transcript
+    /// and `/stats`, not for every line.
+    fn owed(&self) -> (usize, usize) {
+        self.peers.iter().fold((0, 0), |(all, largest), (_, p)| {
+            (all + p.out.len(), largest.max(p.out.len()))
+        })
     }
 
     /// Fires the timers that are due.
     pub fn tick(&mut self, now: Instant) {
         self.now = now;
+        if self.outbox.flow.sweep_due(now) {
+            self.sweep_behind();
+        }
         while let Some((key, generation, timer)) = self.deadlines.pop_due(now) {
             let Some(peer) = self.peers.get_mut(key) else {
                 continue;
@@ -318,7 +419,59 @@ impl<S: Socket> Engine<S> {
         match after {
             ConsoleAfter::Continue => {}
             ConsoleAfter::Close(key) => self.finish(key, None),
+            ConsoleAfter::Stats => {
+                for line in notice::stats(&self.stats(now)) {
+                    self.print_line(&line);
+                }
+            }
             ConsoleAfter::Shutdown => self.begin_shutdown(now),
+        }
+    }
+
+    /// The figures `/stats` shows.
+    fn stats(&mut self, now: Instant) -> notice::Stats {
+        let c = Counters {
+            lines_out: self.outbox.lines_out,
+            ..self.counters
+        };
+        let (lines_in_per_sec, lines_out_per_sec) = self.rates.take(&c, now);
+        let (owed, largest) = self.owed();
+        let flow = &self.outbox.flow;
+        notice::Stats {
+            clients: self.open,
+            sockets: self.peers.len(),
+            uptime_secs: now.saturating_duration_since(self.started).as_secs(),
+            lines_in: c.lines_in,
+            lines_in_per_sec,
+            lines_out: c.lines_out,
+            lines_out_per_sec,
+            bytes_out: c.bytes_out,
+            owed,
+            largest,
+            holding: flow.is_holding(),
+            waiting: flow.waiting(),
+            holds: flow.holds,
+            held_secs: flow.held_for.as_secs_f64(),
+            too_slow: c.too_slow,
+            idle: c.idle,
+            errors: c.errors,
+            refused_full: c.refused_full,
+            refused_per_address: c.refused_per_address,
+            refused_rate: c.refused_rate,
+        }
+    }
+
+    /// While input is held back: clients whose queue has not emptied for a while stop holding
+    /// the room (see `flow.rs`).
+    fn sweep_behind(&mut self) {
+        for (_, peer) in self.peers.iter_mut() {
+            if peer.pace == Pace::Keeping
+                && !peer.out.is_empty()
+                && Flow::is_behind(peer.queued_since, self.now)
+            {
+                self.outbox.flow.fell_behind(peer.out.len(), self.now);
+                peer.pace = Pace::Behind;
+            }
         }
     }
 
@@ -330,7 +483,10 @@ impl<S: Socket> Engine<S> {
         if self.config.mode == Mode::Echo {
             return Some(bytes.to_vec());
         }
-        if !self.udp_allows(from) {
+        // `--rate` per sender address. A datagram cannot wait in the sender's socket as a TCP
+        // line does (nothing tells the sender to slow down), so one over the budget is dropped,
+        // as UDP allows.
+        if !self.udp_budgets.allows(from, now) {
             log::debug!(
                 "datagram from {from} dropped: over --rate {}",
                 self.config.rate
@@ -358,31 +514,6 @@ impl<S: Socket> Engine<S> {
         Some(format!("{reply}\n").into_bytes())
     }
 
-    /// `--rate` for UDP, per sender address. A datagram cannot wait in the sender's socket as a
-    /// TCP line does (nothing tells the sender to slow down), so one over the budget is dropped,
-    /// as UDP allows.
-    fn udp_allows(&mut self, from: SocketAddr) -> bool {
-        let (rate, now) = (self.config.rate, self.now);
-        if rate == 0 {
-            return true;
-        }
-        if self.udp_budgets.len() >= UDP_SENDERS && !self.udp_budgets.contains_key(&from) {
-            self.udp_budgets.retain(|_, bucket| !bucket.is_full(now));
-            if self.udp_budgets.len() >= UDP_SENDERS {
-                return false;
-            }
-        }
-        let bucket = self
-            .udp_budgets
-            .entry(from)
-            .or_insert_with(|| Bucket::new(rate, now));
-        let allowed = bucket.allows(now);
-        if allowed {
-            bucket.spend();
-        }
-        allowed
-    }
-
     /// Tells everyone the server is stopping and gives their queues [`LINGER`] to drain. A
     /// second call (a second Ctrl-C) stops at once.
     pub fn begin_shutdown(&mut self, now: Instant) {
@@ -407,10 +538,11 @@ impl<S: Socket> Engine<S> {
     // ----- reading -----
 
     /// How many bytes the client may send now, if any. Also where a client that may not is
-    /// set to be woken: by the rate timer, or (echo) by the flush that empties its queue.
+    /// set to be woken: by the rate timer, in its turn for the room's budget, or (echo) by the
+    /// flush that empties its queue.
     fn input_budget(&mut self, key: usize) -> Option<usize> {
         let peer = self.peers.get_mut(key)?;
-        if peer.eof || peer.input_paused || peer.state == State::Closed {
+        if peer.eof || peer.input_paused || peer.waiting || peer.state == State::Closed {
             return None;
         }
         if matches!(peer.state, State::Closing | State::Draining) {
@@ -422,7 +554,12 @@ impl<S: Socket> Engine<S> {
             return (room > 0).then_some(room.min(SCRATCH));
         }
         if peer.framer.has_line() {
-            return None; // lines held back by the rate limit go first, on the rate timer
+            // Lines held back go first: on the rate timer, or in the client's turn.
+            return None;
+        }
+        if self.outbox.flow.is_holding() {
+            self.wait_for_room(key);
+            return None;
         }
         let Some(bucket) = peer.lines.bucket.as_mut() else {
             return Some(SCRATCH);
@@ -447,7 +584,7 @@ impl<S: Socket> Engine<S> {
             return; // on its way out: input is discarded
         }
         if self.config.mode == Mode::Echo {
-            return self.outbox.queue(&mut self.peers, key, bytes);
+            return self.outbox.queue(&mut self.peers, key, bytes, self.now);
         }
         if first_read && framing::is_tls_hello(bytes) {
             return self.reject_foreign(key, notice::NOT_TLS, "sent a TLS handshake");
@@ -472,9 +609,16 @@ impl<S: Socket> Engine<S> {
                 peer.framer.keep(input);
                 return self.arm(key, Timer::RateResume, at);
             }
+            // Checked before every line, not every read: one read can hold hundreds of lines,
+            // each a copy for every member.
+            if self.outbox.flow.is_holding() {
+                peer.framer.keep(input);
+                return self.wait_for_room(key);
+            }
             let Some(frame) = peer.framer.next(&mut input) else {
                 return;
             };
+            self.counters.lines_in += 1;
             let first = peer.lines.record(self.now);
             let from = (key, peer.addr);
             let verdict = on_frame(
@@ -542,8 +686,12 @@ impl<S: Socket> Engine<S> {
 
     /// A client speaking another protocol gets one line of explanation and is closed.
     fn reject_foreign(&mut self, key: usize, line: &str, reason: &str) {
-        self.outbox
-            .queue(&mut self.peers, key, format!("{line}\n").as_bytes());
+        self.outbox.queue(
+            &mut self.peers,
+            key,
+            format!("{line}\n").as_bytes(),
+            self.now,
+        );
         self.finish(key, Some(reason));
     }
 
@@ -560,7 +708,7 @@ impl<S: Socket> Engine<S> {
                 bytes.push(b'\n'); // once per line, not once per recipient
                 let except = match to {
                     To::One(key) => {
-                        self.outbox.queue(&mut self.peers, key, &bytes);
+                        self.outbox.queue(&mut self.peers, key, &bytes, self.now);
                         continue;
                     }
                     To::Console => {
@@ -572,21 +720,27 @@ impl<S: Socket> Engine<S> {
                 };
                 self.print(&bytes);
                 for key in self.room.members().filter(|&k| Some(k) != except) {
-                    self.outbox.queue(&mut self.peers, key, &bytes);
+                    self.outbox.queue(&mut self.peers, key, &bytes, self.now);
                 }
             }
             if self.out.is_empty() {
                 self.out = batch; // keep the capacity
             }
-            for key in std::mem::take(&mut self.outbox.overflowed) {
-                let unread = self.peers.get(key).map_or(0, |p| p.out.len());
-                log::warn!(
-                    "dropping client {key}: {unread} bytes unread (--max-pending {})",
-                    self.config.max_pending
-                );
-                self.leave(key, Some(&notice::too_slow(unread)));
-                self.close(key);
-            }
+            self.drop_overflowed();
+        }
+    }
+
+    /// Drops the clients whose queue overflowed: their departure goes out with the next lines.
+    fn drop_overflowed(&mut self) {
+        for key in std::mem::take(&mut self.outbox.overflowed) {
+            let unread = self.peers.get(key).map_or(0, |p| p.out.len());
+            log::warn!(
+                "dropping client {key}: {unread} bytes unread (--max-pending {})",
+                self.config.max_pending
+            );
+            self.counters.too_slow += 1;
+            self.leave(key, Some(&notice::too_slow(unread)));
+            self.close(key);
         }
     }
 
@@ -597,12 +751,22 @@ impl<S: Socket> Engine<S> {
         }
     }
 
+    /// A line of the server's own for standard output.
+    fn print_line(&mut self, line: &str) {
+        if !self.config.quiet {
+            self.transcript.extend_from_slice(line.as_bytes());
+            self.transcript.push(b'\n');
+        }
+    }
+
     // ----- leaving -----
 
     /// A socket error ends a client: it leaves the room and is closed without flushing.
     fn drop_client(&mut self, key: usize, error: &io::Error) {
         if self.peers.get(key).is_some_and(|p| p.state == State::Open) {
-            self.part(key, describe(error).as_deref());
+            let reason = describe(error);
+            self.counters.errors += u64::from(reason.is_some());
+            self.part(key, reason.as_deref());
         }
         self.close(key);
     }
@@ -650,6 +814,7 @@ impl<S: Socket> Engine<S> {
             return;
         }
         peer.state = State::Closing;
+        self.open -= 1;
         // An empty queue still needs a flush: that is where the close happens.
         self.outbox.mark_dirty(peer, key);
     }
@@ -659,9 +824,15 @@ impl<S: Socket> Engine<S> {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
+        if peer.state == State::Open {
+            self.open -= 1;
+        }
         if peer.state != State::Closed {
             peer.state = State::Closed;
-            peer.out = Vec::new();
+            let owed = std::mem::take(&mut peer.out);
+            self.outbox
+                .flow
+                .taken(peer.pace, owed.len(), owed.len(), self.now);
             self.closed.push(key);
         }
     }
@@ -680,11 +851,21 @@ impl<S: Socket> Engine<S> {
             match peer.socket.write(&peer.out) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
+                    self.outbox
+                        .flow
+                        .taken(peer.pace, peer.out.len(), n, self.now);
+                    self.counters.bytes_out += n as u64;
                     peer.wrote(n);
                     peer.last_output = self.now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     peer.write_blocked = true;
+                    // Too slow is judged here, on what the kernel refused, never on what one
+                    // turn queued before its first write.
+                    if peer.out.len() > self.outbox.max_pending && !peer.overflowed {
+                        peer.overflowed = true;
+                        self.outbox.overflowed.push(key);
+                    }
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -773,27 +954,34 @@ impl<S: Socket> Engine<S> {
             return self.arm(key, Timer::Idle, due);
         }
         let secs = idle.as_secs();
+        self.counters.idle += 1;
         self.outbox.queue(
             &mut self.peers,
             key,
             format!("{}\n", notice::idle(secs)).as_bytes(),
+            self.now,
         );
         self.finish(key, Some(&notice::idle_reason(secs)));
     }
 }
 
-/// What is owed and to whom: the connections to write before the next poll, and those whose
-/// queue overflowed during a delivery. Apart from the table of peers, so that a broadcast can
-/// queue to every member while it walks the room.
+/// What is owed and to whom: the connections to write before the next poll, those whose
+/// queue overflowed, and the room's budget. Apart from the table of peers, so that a broadcast
+/// can queue to every member while it walks the room.
 struct Outbox {
     max_pending: usize,
     dirty: Vec<usize>,
     overflowed: Vec<usize>,
+    flow: Flow,
+    /// Lines queued, one per recipient.
+    lines_out: u64,
 }
 
 impl Outbox {
-    /// Appends bytes to what a client is owed, or notes that its queue overflowed.
-    fn queue<S>(&mut self, peers: &mut Slab<Peer<S>>, key: usize, bytes: &[u8]) {
+    /// Appends bytes to what a client is owed, or notes that its queue overflowed: over
+    /// `--max-pending` while its socket refuses more. A queue that grew in one turn, before
+    /// its first write, is written first (see `write_out`).
+    fn queue<S>(&mut self, peers: &mut Slab<Peer<S>>, key: usize, bytes: &[u8], now: Instant) {
         let Some(peer) = peers.get_mut(key) else {
             return;
         };
@@ -801,12 +989,18 @@ impl Outbox {
         if matches!(peer.state, State::Draining | State::Closed) || peer.overflowed {
             return;
         }
-        if peer.out.len() + bytes.len() > self.max_pending {
+        let before = peer.out.len();
+        if peer.write_blocked && before + bytes.len() > self.max_pending {
             peer.overflowed = true;
             self.overflowed.push(key);
             return;
         }
+        if before == 0 {
+            peer.queued_since = now;
+        }
         peer.out.extend_from_slice(bytes);
+        self.flow.queued(peer.pace, before, bytes.len(), now);
+        self.lines_out += 1;
         self.mark_dirty(peer, key);
     }
 

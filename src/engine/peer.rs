@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::flow::Pace;
 use crate::framing::Framer;
 use crate::rate::Bucket;
 
@@ -36,6 +37,12 @@ pub struct Peer<S> {
     pub framer: Framer,
     /// Bytes owed to the client, not yet taken by its socket.
     pub out: Vec<u8>,
+    /// Since when `out` has not been empty.
+    pub queued_since: Instant,
+    /// Whether what it is owed holds the room's input back.
+    pub pace: Pace,
+    /// Waiting its turn for the room's budget, with input not yet taken.
+    pub waiting: bool,
     pub lines: Lines,
     /// When bytes last arrived: the start of a flush-partial quiet.
     pub last_input: Instant,
@@ -75,6 +82,9 @@ impl<S> Peer<S> {
             state: State::Open,
             framer,
             out: Vec::new(),
+            queued_since: now,
+            pace: Pace::Keeping,
+            waiting: false,
             lines,
             last_input: now,
             last_output: now,
@@ -89,11 +99,14 @@ impl<S> Peer<S> {
         }
     }
 
-    /// The socket took `n` bytes of what is owed.
+    /// The socket took `n` bytes of what is owed. A client that has taken everything keeps up.
     pub fn wrote(&mut self, n: usize) {
         self.out.drain(..n);
-        if self.out.is_empty() && self.out.capacity() > OUT_KEEP {
-            self.out = Vec::new();
+        if self.out.is_empty() {
+            self.pace = Pace::Keeping;
+            if self.out.capacity() > OUT_KEEP {
+                self.out = Vec::new();
+            }
         }
     }
 }

@@ -84,6 +84,7 @@ impl From<io::Error> for Error {
 pub fn run(mut config: Config) -> Result<(), Error> {
     if let Some(limit) = listener::raise_fd_limit() {
         let allowed = listener::clients_allowed(limit);
+        config.max_sockets = allowed;
         if allowed < config.max_clients {
             log::warn!(
                 "only {limit} file descriptors allowed: serving at most {allowed} clients, not {}",
@@ -126,6 +127,7 @@ pub fn run(mut config: Config) -> Result<(), Error> {
 
     let now = Instant::now();
     let mut server = Server {
+        keepalive: config.keepalive,
         engine: Engine::new(config, now),
         acceptor: Some(Acceptor::new(tcp)),
         accept_again: false,
@@ -188,6 +190,8 @@ struct Server {
     signals: Signals,
     console: Option<Console>,
     stdout: Stdout,
+    /// `--keepalive`: set on every client socket.
+    keepalive: Option<Duration>,
     /// The UDP receive buffer (the engine has its own for TCP).
     scratch: Vec<u8>,
     /// The time of this turn: read once after `poll`.
@@ -219,11 +223,7 @@ impl Server {
             if std::mem::take(&mut self.udp_again) {
                 self.receive_datagrams();
             }
-            for key in self.engine.take_ready() {
-                self.engine.read(key, self.now);
-            }
-            self.engine.flush(self.now);
-            for mut peer in self.engine.take_closed() {
+            for mut peer in self.engine.end_turn(self.now) {
                 let _ = self.poll.registry().deregister(&mut peer.socket);
                 log::debug!("{} closed", peer.addr);
             }
@@ -305,6 +305,11 @@ impl Server {
     fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr) {
         // Chat lines are small and wanted now: do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
+        if let Some(idle) = self.keepalive
+            && let Err(e) = listener::keepalive(&stream, idle)
+        {
+            log::debug!("keepalive for {addr}: {e}");
+        }
         let key = self.engine.next_key();
         if let Err(e) = self.poll.registry().register(
             &mut stream,

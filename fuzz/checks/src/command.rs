@@ -132,10 +132,11 @@ fn console_line(line: &str) {
         }
         ConsoleCommand::Unknown(name) => {
             assert_eq!(Some(*name), word, "{line:?}");
-            let known = ["who", "kick", "shutdown", "help"];
+            let known = ["who", "stats", "kick", "shutdown", "help"];
             assert!(!known.iter().any(|k| k.eq_ignore_ascii_case(name)));
         }
         ConsoleCommand::Who
+        | ConsoleCommand::Stats
         | ConsoleCommand::Shutdown
         | ConsoleCommand::Help
         | ConsoleCommand::Usage(_) => {

@@ -1,0 +1,273 @@
+//! Flow control for the whole room: the server takes new input only while the output it already
+//! owes is within a budget. Pure bookkeeping; the engine asks it and acts.
+//!
+//! A broadcast turns one line in into one copy per member out, so a room's input must be paced
+//! by what its members can be written, not by what each sender may send: per-sender limits
+//! (`--rate`) do nothing against many senders, and a flood of short connections brings a fresh
+//! budget with each. Without a room-wide bound, one turn could queue more for every member than
+//! `--max-pending` allows, and readers that read everything were dropped for bytes the server
+//! never tried to write.
+//!
+//! # The measure
+//!
+//! Bytes owed to the clients that keep up, in all ([`ROOM_HIGH_WATER`] to stop taking input,
+//! [`ROOM_LOW_WATER`] to take it again), and in the largest queue ([`member_high_water`]): the
+//! total bounds the server's memory, the largest queue keeps every reader that keeps up far
+//! below `--max-pending`, so only a reader that stops reading can ever reach it.
+//!
+//! A client keeps up while its queue empties now and then. One whose queue has not been empty
+//! for [`BEHIND_AFTER`] is *behind*: what it is owed stops counting, so a client that never
+//! reads holds the room back for a moment, not for ever; it goes on being queued to until
+//! `--max-pending`, and is dropped there as before. It keeps up again when its queue empties.
+//!
+//! [`ROOM_HIGH_WATER`]: crate::config::flow::ROOM_HIGH_WATER
+//! [`ROOM_LOW_WATER`]: crate::config::flow::ROOM_LOW_WATER
+//! [`member_high_water`]: crate::config::flow::member_high_water
+//! [`BEHIND_AFTER`]: crate::config::flow::BEHIND_AFTER
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::config::flow::{BEHIND_AFTER, ROOM_HIGH_WATER, ROOM_LOW_WATER};
+
+/// Whether what a client is owed holds the room's input back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Its queue empties now and then: the room waits for it.
+    Keeping,
+    /// Its queue has not emptied for [`BEHIND_AFTER`]: the room goes on without it.
+    Behind,
+}
+
+/// The room's budget, and the clients waiting for it, served in turn.
+pub struct Flow {
+    member_high: usize,
+    /// Bytes owed to clients that keep up.
+    owed: usize,
+    /// Clients that keep up with at least `member_high` bytes owed.
+    full: usize,
+    /// Input is held back: set at a high-water mark, cleared below the low one.
+    holding: bool,
+    /// Clients with input the room has not taken yet, in the order they came.
+    waiting: VecDeque<usize>,
+    /// When clients that do not keep up are looked for next, while input is held.
+    sweep_at: Option<Instant>,
+    /// Since when input has been held back, until every waiting client has been served.
+    episode: Option<Instant>,
+    pub holds: u64,
+    pub held_for: Duration,
+}
+
+/// What changed when the room's state was looked at: for the transcript.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    None,
+    /// Input is held back from now on.
+    Started,
+    /// Every waiting client has been served: input flows freely again, after this long.
+    Ended(Duration),
+}
+
+impl Flow {
+    pub fn new(member_high: usize) -> Flow {
+        Flow {
+            member_high,
+            owed: 0,
+            full: 0,
+            holding: false,
+            waiting: VecDeque::new(),
+            sweep_at: None,
+            episode: None,
+            holds: 0,
+            held_for: Duration::ZERO,
+        }
+    }
+
+    /// A queue of `before` bytes grew by `n`.
+    pub fn queued(&mut self, pace: Pace, before: usize, n: usize, now: Instant) {
+        if pace == Pace::Keeping {
+            self.owed += n;
+            if before < self.member_high && before + n >= self.member_high {
+                self.full += 1;
+            }
+            self.recheck(now);
+        }
+    }
+
+    /// A queue of `before` bytes shrank by `n` (written, or thrown away).
+    pub fn taken(&mut self, pace: Pace, before: usize, n: usize, now: Instant) {
+        if pace == Pace::Keeping {
+            self.owed -= n;
+            if before >= self.member_high && before - n < self.member_high {
+                self.full -= 1;
+            }
+            self.recheck(now);
+        }
+    }
+
+    /// A client that keeps up, owed `len` bytes, falls behind: its bytes stop counting.
+    pub fn fell_behind(&mut self, len: usize, now: Instant) {
+        self.taken(Pace::Keeping, len, len, now);
+    }
+
+    /// Applies the marks: holding starts at a high one and ends below the low ones.
+    fn recheck(&mut self, now: Instant) {
+        let holding = if self.holding {
+            self.owed > ROOM_LOW_WATER || self.full > 0
+        } else {
+            self.owed >= ROOM_HIGH_WATER || self.full > 0
+        };
+        if holding && !self.holding {
+            self.holds += 1;
+            self.sweep_at.get_or_insert(now + BEHIND_AFTER);
+        }
+        self.holding = holding;
+    }
+
+    /// Whether input must wait.
+    pub fn is_holding(&self) -> bool {
+        self.holding
+    }
+
+    /// Whether clients are waiting to be served in turn: input is read a line's worth at a
+    /// time until none are left, so that one client cannot take the whole budget.
+    pub fn is_contended(&self) -> bool {
+        self.holding || !self.waiting.is_empty()
+    }
+
+    /// A client with input waits for its turn, at the back.
+    pub fn wait(&mut self, key: usize, now: Instant) -> Change {
+        self.waiting.push_back(key);
+        if self.episode.is_none() {
+            self.episode = Some(now);
+            return Change::Started;
+        }
+        Change::None
+    }
+
+    /// A client that waited is gone.
+    pub fn forget(&mut self, key: usize) {
+        self.waiting.retain(|&k| k != key);
+    }
+
+    /// The next client to serve, if the room can take input now.
+    pub fn next_waiting(&mut self) -> Option<usize> {
+        if self.holding {
+            return None;
+        }
+        self.waiting.pop_front()
+    }
+
+    /// Clients waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether the loop has clients to serve without waiting for an event.
+    pub fn has_ready(&self) -> bool {
+        !self.holding && !self.waiting.is_empty()
+    }
+
+    /// Ends the episode once every waiting client has been served.
+    pub fn settle(&mut self, now: Instant) -> Change {
+        if self.holding || !self.waiting.is_empty() {
+            return Change::None;
+        }
+        self.sweep_at = None;
+        match self.episode.take() {
+            Some(since) => {
+                let held = now.saturating_duration_since(since);
+                self.held_for += held;
+                Change::Ended(held)
+            }
+            None => Change::None,
+        }
+    }
+
+    /// When to look for clients that do not keep up: only while input is held back.
+    pub fn sweep_at(&self) -> Option<Instant> {
+        self.sweep_at.filter(|_| self.holding)
+    }
+
+    /// Whether it is time to look for clients that fell behind; sets the next look.
+    pub fn sweep_due(&mut self, now: Instant) -> bool {
+        match self.sweep_at {
+            Some(at) if at <= now && self.holding => {
+                self.sweep_at = Some(now + BEHIND_AFTER);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a client whose queue has not been empty since `since` is behind at `now`.
+    pub fn is_behind(since: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(since) >= BEHIND_AFTER
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_at_the_high_marks_and_lets_go_below_the_low_one() {
+        let t0 = Instant::now();
+        let mut f = Flow::new(1000);
+        f.queued(Pace::Keeping, 0, 999, t0);
+        assert!(!f.is_holding());
+        f.queued(Pace::Keeping, 999, 1, t0);
+        assert!(f.is_holding(), "one queue at the member's mark");
+        f.taken(Pace::Keeping, 1000, 1000, t0);
+        assert!(!f.is_holding());
+
+        let mut f = Flow::new(usize::MAX);
+        f.queued(Pace::Keeping, 0, ROOM_HIGH_WATER, t0);
+        assert!(f.is_holding(), "the room's mark");
+        f.taken(
+            Pace::Keeping,
+            ROOM_HIGH_WATER,
+            ROOM_HIGH_WATER - ROOM_LOW_WATER - 1,
+            t0,
+        );
+        assert!(f.is_holding(), "still above the low mark");
+        f.taken(Pace::Keeping, ROOM_LOW_WATER + 1, 1, t0);
+        assert!(!f.is_holding());
+        assert_eq!(f.holds, 1);
+    }
+
+    #[test]
+    fn a_client_behind_stops_counting() {
+        let t0 = Instant::now();
+        let mut f = Flow::new(1000);
+        f.queued(Pace::Keeping, 0, 5000, t0);
+        f.queued(Pace::Behind, 0, 5000, t0);
+        assert_eq!(f.owed, 5000);
+        assert!(f.is_holding());
+        assert!(!f.sweep_due(t0));
+        assert!(f.sweep_due(t0 + BEHIND_AFTER));
+        f.fell_behind(5000, t0 + BEHIND_AFTER);
+        assert!(!f.is_holding());
+        assert_eq!(f.owed, 0);
+    }
+
+    #[test]
+    fn waiting_clients_are_served_in_turn_and_the_episode_is_timed() {
+        let t0 = Instant::now();
+        let mut f = Flow::new(1000);
+        assert_eq!(f.wait(3, t0), Change::Started);
+        assert_eq!(f.wait(1, t0), Change::None);
+        assert!(f.is_contended() && f.has_ready());
+        f.queued(Pace::Keeping, 0, 1000, t0);
+        assert_eq!(f.next_waiting(), None, "nobody while holding");
+        assert_eq!(f.settle(t0), Change::None);
+        f.taken(Pace::Keeping, 1000, 1000, t0);
+        let t1 = t0 + Duration::from_millis(30);
+        assert_eq!(f.next_waiting(), Some(3));
+        assert_eq!(f.wait(3, t1), Change::None, "served, then back in line");
+        assert_eq!(f.next_waiting(), Some(1));
+        assert_eq!(f.next_waiting(), Some(3));
+        assert_eq!(f.settle(t1), Change::Ended(Duration::from_millis(30)));
+        assert!(!f.is_contended());
+    }
+}
