@@ -1,5 +1,5 @@
-# The TCP/UDP client of coursework seed 004 (/work/shared/seeds/004_262b8dd07b6118cf.txt),
-# copied verbatim: TCP port 65432, UDP port 65433, protocol and messages from input().
+# The TCP/UDP client of coursework assignment 004 (the course's own text), copied verbatim:
+# TCP port 65432, UDP port 65433, protocol and messages from input().
 import socket
 
 HOST = '127.0.0.1'

@@ -1,5 +1,5 @@
-# The echo server's TCP client of coursework seed 001 (/work/shared/seeds/001_82437b7427013d3e.txt),
-# copied verbatim: it sends `Hola, servidor!` with no newline and prints the reply.
+# The echo server's TCP client of coursework assignment 001 (the course's own text), copied
+# verbatim: it sends `Hola, servidor!` with no newline and prints the reply.
 #!/usr/bin/python3
 
 import socket
