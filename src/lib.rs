@@ -11,9 +11,10 @@
 //! - [`command`]: line to [`command::Command`], for clients and for the operator console.
 //! - [`room`]: names, membership, and who receives what.
 //! - [`ack`]: the `received: <message>` answers of `--mode ack` and of UDP.
-//! - [`rate`]: the token bucket behind `--rate`.
+//! - [`rate`]: the token bucket behind `--rate` and `--connect-rate`.
 //! - [`notice`]: every line the server says in its own voice.
-//! - [`engine`]: the whole server without sockets or clock: buffers, limits, timers, the room.
+//! - [`engine`]: the whole server without sockets or clock: buffers, limits, timers, the room,
+//!   and the room's flow control (`engine/flow.rs`).
 //! - [`server`]: the mio shell: poll, sockets, accept limits, console, signals, stdout.
 //! - [`client`]: the bundled command-line client.
 
