@@ -1,10 +1,14 @@
-//! Shared parts of loopchat's benchmark: the generator's wire format, the baselines' common
-//! plumbing, statistics, /proc readings and the JSON/SVG writers used by the driver.
+//! Shared parts of loopchat's benchmark: the generator's connections, wire format and
+//! workloads that tests run too (the room flood), the baselines' common plumbing, statistics,
+//! /proc readings and the JSON/SVG writers used by the driver.
 pub mod baseline;
+pub mod flood;
+pub mod generator;
 pub mod json;
 pub mod procfs;
 pub mod stats;
 pub mod svg;
+pub mod traffic;
 pub mod wire;
 
 /// Parses a generator `RESULT key=value ...` line into ordered pairs.

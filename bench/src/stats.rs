@@ -49,6 +49,19 @@ impl Histogram {
         self.max
     }
 
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Adds another histogram's values to this one.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.max = self.max.max(other.max);
+    }
+
     /// Value at quantile `q` in [0, 1] (0 when empty).
     pub fn quantile(&self, q: f64) -> u64 {
         if self.count == 0 {
@@ -82,6 +95,11 @@ mod tests {
         }
         assert_eq!(h.max(), 100_000_000);
         assert_eq!(Histogram::default().quantile(0.5), 0);
+        let mut sum = Histogram::default();
+        sum.merge(&h);
+        sum.merge(&h);
+        assert_eq!((sum.count(), sum.max()), (200_000, 100_000_000));
+        assert_eq!(sum.quantile(0.5), h.quantile(0.5));
     }
 
     #[test]

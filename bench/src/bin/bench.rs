@@ -5,6 +5,9 @@
 //!
 //! `--quick` is the CI smoke test: small N, about a second per run, every server, exit 1 if
 //! any run fails.
+//!
+//! The room flood (`loadgen --workload flood`) runs against loopchat only, with loopchat's own
+//! defaults: it is an attack on the server's flow control, judged by the issue's criteria.
 
 use loopchat_bench::json::Json;
 use loopchat_bench::svg::Plot;
@@ -19,17 +22,22 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// loopchat's flags for the benchmark: no rate limit, no per-address cap, no console, no
-/// transcript, no join/leave lines, room for the 10k idle sweep.
+/// loopchat's flags for the benchmark: no rate limit, no per-address cap or connection rate
+/// (churn reconnects thousands of times a second), no console, no transcript, no join/leave
+/// lines, room for the 10k idle sweep. A server that rejects one runs without it.
 const LOOPCHAT_FLAGS: &[(&str, Option<&str>)] = &[
     ("--rate", Some("0")),
     ("--max-per-ip", Some("0")),
+    ("--connect-rate", Some("0")),
     ("--no-console", None),
     ("-q", None),
     ("--announce-limit", Some("0")),
     ("--max-clients", Some("20000")),
     ("--port", Some("0")),
 ];
+/// loopchat's flags for the room flood: its defaults, as a user runs it (no console: stdin is
+/// not a terminal here).
+const FLOOD_FLAGS: [&str; 3] = ["--port", "0", "--no-console"];
 /// How to build what the driver runs.
 const BUILD: &str = "cargo build --release -p loopchat-bench --bins";
 const BASELINES: [&str; 3] = ["min-broadcaster", "threaded-server", "tokio-server"];
@@ -52,7 +60,41 @@ struct Cfg {
     concurrency: usize,
     /// Runs of the N=1000 throughput point and of churn, whose medians the verdicts use.
     reps: usize,
+    flood: FloodSize,
 }
+
+/// The room flood's size: readers (senders among them, messages in flight each), seconds of
+/// attack, flood connections a second from how many threads, never-readers.
+#[derive(Clone, Copy)]
+struct FloodSize {
+    readers: usize,
+    senders: usize,
+    window: usize,
+    secs: f64,
+    rate: f64,
+    threads: usize,
+    never: usize,
+}
+
+/// The issue's attack, and a small one for the smoke test.
+const FLOOD_FULL: FloodSize = FloodSize {
+    readers: 500,
+    senders: 10,
+    window: 16,
+    secs: 15.0,
+    rate: 250.0,
+    threads: 3,
+    never: 50,
+};
+const FLOOD_QUICK: FloodSize = FloodSize {
+    readers: 50,
+    senders: 5,
+    window: 16,
+    secs: 3.0,
+    rate: 50.0,
+    threads: 3,
+    never: 5,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Flavor {
@@ -246,6 +288,7 @@ fn parse_cfg() -> Cfg {
         duration: num("duration", if quick { 1.0 } else { 4.0 }),
         concurrency: num("concurrency", 16.0) as usize,
         reps: (num("reps", if quick { 1.0 } else { 3.0 }) as usize).max(1),
+        flood: if quick { FLOOD_QUICK } else { FLOOD_FULL },
     }
 }
 
@@ -352,8 +395,9 @@ fn start(cfg: &Cfg, program: &Path, args: &[String]) -> Result<Running, (Option<
                 if let Some(tail) = &keep {
                     let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
                     t.push_back(line.clone());
+                    // The first line stays: a usage error's names the option (getopts).
                     if t.len() > 20 {
-                        t.pop_front();
+                        t.remove(1);
                     }
                 }
                 let _ = tx.send(line);
@@ -410,13 +454,16 @@ fn start_server(cfg: &Cfg, s: &mut Server) -> Result<Running, String> {
                 }
                 // A usage error naming one of our flags: drop that flag and try again.
                 Err((Some(2), why)) if s.flavor == Flavor::Loopchat => {
-                    let named = |f: &str| {
-                        let bare = f.trim_start_matches('-');
-                        why.contains(&format!("'{bare}'"))
-                            || why.contains(&format!("{f} "))
-                            || why.contains(&format!("{f}:"))
+                    // getopts quotes the option it refused; other messages name it plainly
+                    // (the usage text after them names every flag, so quoted goes first).
+                    let quoted =
+                        |f: &str| why.contains(&format!("'{}'", f.trim_start_matches('-')));
+                    let named =
+                        |f: &str| why.contains(&format!("{f} ")) || why.contains(&format!("{f}:"));
+                    let find = |by: &dyn Fn(&str) -> bool| {
+                        flags.iter().position(|(f, _)| *f != "--port" && by(f))
                     };
-                    let Some(i) = flags.iter().position(|(f, _)| *f != "--port" && named(f)) else {
+                    let Some(i) = find(&quoted).or_else(|| find(&named)) else {
                         return Err(format!("{} refused its flags: {why}", s.name));
                     };
                     eprintln!(
@@ -437,6 +484,7 @@ enum Workload {
     Throughput,
     Idle,
     Churn,
+    Flood,
 }
 
 impl Workload {
@@ -445,6 +493,7 @@ impl Workload {
             Workload::Throughput => "throughput",
             Workload::Idle => "idle",
             Workload::Churn => "churn",
+            Workload::Flood => "flood",
         }
     }
 }
@@ -542,13 +591,23 @@ fn run_one(cfg: &Cfg, s: &mut Server, w: Workload, n: usize) -> Run {
         ok: false,
         fields: Vec::new(),
     };
-    let server = match start_server(cfg, s) {
+    let started = if w == Workload::Flood {
+        start(cfg, &s.program, &FLOOD_FLAGS.map(String::from)).map_err(|(_, why)| why)
+    } else {
+        start_server(cfg, s)
+    };
+    let server = match started {
         Ok(r) => r,
         Err(e) => {
             run.fields
                 .push(("error".into(), e.replace(char::is_whitespace, "_")));
             return run;
         }
+    };
+    let duration = if w == Workload::Flood {
+        cfg.flood.secs
+    } else {
+        cfg.duration
     };
     let mut args: Vec<String> = vec![
         "--port".into(),
@@ -569,7 +628,7 @@ fn run_one(cfg: &Cfg, s: &mut Server, w: Workload, n: usize) -> Run {
         "--warmup".into(),
         cfg.warmup.to_string(),
         "--duration".into(),
-        cfg.duration.to_string(),
+        duration.to_string(),
     ];
     match w {
         Workload::Throughput => args.extend([
@@ -582,10 +641,25 @@ fn run_one(cfg: &Cfg, s: &mut Server, w: Workload, n: usize) -> Run {
         ]),
         Workload::Idle => args.extend(["--clients".into(), n.to_string()]),
         Workload::Churn => args.extend(["--concurrency".into(), n.to_string()]),
+        Workload::Flood => {
+            let f = cfg.flood;
+            args.extend(
+                [
+                    ("--clients", n.to_string()),
+                    ("--senders", f.senders.to_string()),
+                    ("--window", f.window.to_string()),
+                    ("--flood-rate", f.rate.to_string()),
+                    ("--flood-threads", f.threads.to_string()),
+                    ("--never-readers", f.never.to_string()),
+                ]
+                .into_iter()
+                .flat_map(|(k, v)| [k.to_string(), v]),
+            )
+        }
     }
     // Join allowance + warm-up + measurement + drain + slack: loadgen bounds itself well within.
     let limit =
-        Duration::from_secs_f64(30.0 + n as f64 / 500.0 + cfg.warmup + cfg.duration + 10.0 + 20.0);
+        Duration::from_secs_f64(30.0 + n as f64 / 500.0 + cfg.warmup + duration + 10.0 + 20.0);
     match loadgen(cfg, &args, limit) {
         Ok(fields) => {
             run.ok = fields.iter().any(|(k, v)| k == "ok" && v == "true");
@@ -671,11 +745,17 @@ fn status(r: &Run) -> String {
     } else if r.ok {
         "ok".into()
     } else {
+        // A flood's `failed` lists the criteria it missed, `;`-separated, spaces as `_`.
+        let failed = r
+            .text("failed")
+            .map(|f| f.replace('_', " ").replace(';', "; "));
         format!(
             "FAILED: {}",
             r.text("error")
-                .or(r.text("first_error"))
-                .unwrap_or("see results.json")
+                .map(str::to_string)
+                .or(failed)
+                .or(r.text("first_error").map(str::to_string))
+                .unwrap_or("see results.json".into())
         )
     }
 }
@@ -751,6 +831,35 @@ fn tables(cfg: &Cfg, runs: &[Run]) -> String {
             g("server_cpu_pct"),
             status(r)
         );
+    }
+    let f = cfg.flood;
+    let _ = writeln!(
+        s,
+        "\n### Room flood\n\nloopchat with its default flags. {} readers read everything ({} of them sending, at most {} messages in flight each) \
+         while for {} s {} short-lived connections a second, from {} threads, each send 50 lines of 1 to 300 random bytes and half-close, \
+         next to {} clients that never read, 1 MiB lines, resets mid-line, slowloris and connect/close churn; every 0.5 s a new client asks `/who`. \
+         It passes when no reader is dropped, nothing is lost, duplicated or reordered, the never-readers are dropped, the server's peak RSS \
+         stays under 64 MiB and every `/who` is answered within 1 s.\n\n\
+         | server | readers | readers dropped | lost/dup/reord | never-readers dropped | flood connections | /who p99 ms | /who max ms | server peak RSS MiB | server CPU % | status |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        f.readers, f.senders, f.window, f.secs, f.rate, f.threads, f.never
+    );
+    for r in of(Workload::Flood) {
+        let g = |k| fmt_num(r.get(k));
+        let cells = [
+            r.server.clone(),
+            r.n.to_string(),
+            g("readers_dropped"),
+            format!("{}/{}/{}", g("lost"), g("dup"), g("reordered")),
+            format!("{} of {}", g("never_readers_dropped"), g("never_readers")),
+            g("flood_connections"),
+            g("who_p99_ms"),
+            g("who_max_ms"),
+            fmt_num(r.get("server_hwm_kib").map(|k| k / 1024.0)),
+            g("server_cpu_pct"),
+            status(r),
+        ];
+        let _ = writeln!(s, "| {} |", cells.join(" | "));
     }
     s
 }
@@ -940,11 +1049,16 @@ fn main() {
         (Workload::Churn, cfg.concurrency),
         cfg.reps,
     ));
+    points.push((Workload::Flood, cfg.flood.readers));
     let mut servers = std::mem::take(&mut cfg.servers);
     let mut runs = Vec::new();
     // Servers inner: each point compares servers measured close together in time.
     for &(w, n) in &points {
         for s in servers.iter_mut() {
+            // The flood attacks loopchat's own flow control; the baselines have none.
+            if w == Workload::Flood && s.flavor != Flavor::Loopchat {
+                continue;
+            }
             let t = Instant::now();
             let r = run_one(&cfg, s, w, n);
             eprintln!(
@@ -985,6 +1099,23 @@ fn main() {
         ("warmup_s", Json::Num(cfg.warmup)),
         ("duration_s", Json::Num(cfg.duration)),
         ("churn_concurrency", Json::Num(cfg.concurrency as f64)),
+        (
+            "flood",
+            Json::Obj(
+                [
+                    ("readers", cfg.flood.readers as f64),
+                    ("senders", cfg.flood.senders as f64),
+                    ("window", cfg.flood.window as f64),
+                    ("duration_s", cfg.flood.secs),
+                    ("connections_per_s", cfg.flood.rate),
+                    ("threads", cfg.flood.threads as f64),
+                    ("never_readers", cfg.flood.never as f64),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Json::Num(v)))
+                .collect(),
+            ),
+        ),
         (
             "servers",
             Json::Arr(

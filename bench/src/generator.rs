@@ -1,0 +1,488 @@
+//! The load generator's client side: many connections in one mio loop on one thread, the join
+//! barrier that proves each of them receives broadcasts, the measured window, and the
+//! `RESULT key=value ...` line.
+
+use crate::procfs;
+use crate::stats::Histogram;
+use crate::wire::{Incoming, Kind, Msg, Proto, each_line};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::fmt::Write as _;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Clients connecting, or connected but not yet heard from, while joining: a client is known
+/// to be accepted once the server sends it something (welcome, NATS INFO), and an overflowing
+/// accept backlog costs seconds of SYN-ACK retransmits.
+const MAX_CONNECTING: usize = 64;
+/// For servers that send nothing on connect: how long to wait before opening the next batch.
+const SILENT_PACE: Duration = Duration::from_millis(20);
+/// Interval between join-barrier probes.
+const BARRIER_EVERY: Duration = Duration::from_millis(200);
+/// How long in-flight messages may take to arrive once sending stops.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// What the event loop reports to a workload.
+#[derive(Clone, Copy)]
+pub enum Ev {
+    Connected,
+    Msg(Msg, u64),
+    Closed,
+}
+
+struct Conn {
+    stream: TcpStream,
+    partial: Vec<u8>,
+    out: Vec<u8>,
+    established: bool,
+    /// Has received a byte: proof that the server accepted it.
+    heard: bool,
+    closed: bool,
+}
+
+pub struct Gen {
+    poll: Poll,
+    events: Events,
+    conns: Slab<Conn>,
+    scratch: Vec<u8>,
+    /// Connections with queued output, flushed at the start of every turn.
+    dirty: Vec<usize>,
+    start: Instant,
+    addr: SocketAddr,
+    proto: Proto,
+    connecting: usize,
+    /// Connections opened so far (picks each one's source address).
+    opened: usize,
+    /// Established but not heard from.
+    unproven: usize,
+    pub server_errors: u64,
+    pub first_error: Option<String>,
+}
+
+impl Gen {
+    pub fn new(addr: SocketAddr, proto: Proto) -> io::Result<Gen> {
+        Ok(Gen {
+            poll: Poll::new()?,
+            events: Events::with_capacity(4096),
+            conns: Slab::new(),
+            scratch: vec![0; 256 * 1024],
+            dirty: Vec::new(),
+            start: Instant::now(),
+            addr,
+            proto,
+            connecting: 0,
+            opened: 0,
+            unproven: 0,
+            server_errors: 0,
+            first_error: None,
+        })
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    pub fn connect(&mut self) -> io::Result<usize> {
+        let mut stream = self.open()?;
+        stream.set_nodelay(true)?;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(Conn {
+            stream,
+            partial: Vec::new(),
+            out: Vec::new(),
+            established: false,
+            heard: false,
+            closed: false,
+        });
+        self.connecting += 1;
+        Ok(key)
+    }
+
+    /// Starts a connection. To a loopback IPv4 server, clients spread over source addresses
+    /// 127.0.0.2-254: churn and back-to-back runs leave tens of thousands of TIME_WAIT sockets,
+    /// and with one source address the kernel's ephemeral-port search becomes the bottleneck.
+    fn open(&mut self) -> io::Result<TcpStream> {
+        use socket2::{Domain, Socket, Type};
+        let SocketAddr::V4(dst) = self.addr else {
+            return TcpStream::connect(self.addr);
+        };
+        if !dst.ip().is_loopback() {
+            return TcpStream::connect(self.addr);
+        }
+        self.opened += 1;
+        let src = SocketAddr::from(([127, 0, 0, 2 + (self.opened % 253) as u8], 0));
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        sock.set_nonblocking(true)?;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid descriptor and a c_int option value of the right size. Choosing the
+        // port at connect() lets the kernel pick per destination instead of per source.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        sock.bind(&src.into())?;
+        match sock.connect(&self.addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(TcpStream::from_std(sock.into()))
+    }
+
+    pub fn send(&mut self, key: usize, msg: &Msg, size: usize) {
+        let c = &mut self.conns[key];
+        if c.out.is_empty() {
+            self.dirty.push(key);
+        }
+        self.proto.frame(msg, size, &mut c.out);
+    }
+
+    pub fn shutdown_write(&mut self, key: usize) {
+        let _ = self.conns[key].stream.shutdown(Shutdown::Write);
+    }
+
+    pub fn close(&mut self, key: usize) {
+        let mut c = self.conns.remove(key);
+        if !c.established {
+            self.connecting -= 1;
+        } else if !c.heard {
+            self.unproven -= 1;
+        }
+        let _ = self.poll.registry().deregister(&mut c.stream);
+    }
+
+    fn flush(&mut self) {
+        for key in self.dirty.drain(..) {
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            while !c.out.is_empty() && c.established && !c.closed {
+                match c.stream.write(&c.out) {
+                    Ok(n) => {
+                        c.out.drain(..n);
+                    }
+                    // The writable edge puts it back on the dirty list.
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    // Reading reports the end of this connection.
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Flushes, polls once, and appends what happened to `out`.
+    pub fn turn(&mut self, timeout: Duration, out: &mut Vec<(usize, Ev)>) -> io::Result<()> {
+        self.flush();
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
+            r => r?,
+        }
+        for ev in self.events.iter() {
+            let key = ev.token().0;
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if c.closed {
+                continue;
+            }
+            if !c.established {
+                match (c.stream.take_error(), c.stream.peer_addr()) {
+                    (Ok(None), Ok(_)) => {
+                        c.established = true;
+                        self.connecting -= 1;
+                        self.unproven += 1;
+                        self.proto.hello(&mut c.out);
+                        self.dirty.push(key);
+                        out.push((key, Ev::Connected));
+                    }
+                    // Spurious wake-up: the handshake is still under way.
+                    (Ok(None), Err(e)) if e.kind() == ErrorKind::NotConnected => continue,
+                    (Ok(Some(e)) | Err(e), _) | (_, Err(e)) => {
+                        self.server_errors += 1;
+                        self.first_error
+                            .get_or_insert_with(|| format!("connect: {e}"));
+                        c.closed = true;
+                        out.push((key, Ev::Closed));
+                        continue;
+                    }
+                }
+            }
+            if ev.is_writable() {
+                self.dirty.push(key);
+            }
+            if !ev.is_readable() && !ev.is_read_closed() {
+                continue;
+            }
+            loop {
+                match c.stream.read(&mut self.scratch) {
+                    Ok(0) => {
+                        c.closed = true;
+                        out.push((key, Ev::Closed));
+                    }
+                    Ok(n) => {
+                        if !c.heard {
+                            c.heard = true;
+                            self.unproven -= 1;
+                        }
+                        // One clock reading per read: the messages in it arrived together.
+                        let now = self.start.elapsed().as_nanos() as u64;
+                        let (proto, mut pings, mut errors) = (self.proto, 0, Vec::new());
+                        let mut on_line = |l: &[u8]| match proto.classify(l) {
+                            Incoming::Msg(m) => out.push((key, Ev::Msg(m, now))),
+                            Incoming::Ping => pings += 1,
+                            Incoming::Error if errors.is_empty() => errors.push(l.to_vec()),
+                            Incoming::Error => errors.push(Vec::new()),
+                            Incoming::Other => {}
+                        };
+                        if c.partial.is_empty() {
+                            let used = each_line(&self.scratch[..n], &mut on_line);
+                            c.partial.extend_from_slice(&self.scratch[used..n]);
+                        } else {
+                            c.partial.extend_from_slice(&self.scratch[..n]);
+                            let used = each_line(&c.partial, &mut on_line);
+                            c.partial.drain(..used);
+                        }
+                        for _ in 0..pings {
+                            c.out.extend_from_slice(proto.pong());
+                            self.dirty.push(key);
+                        }
+                        if let Some(first) = errors.first() {
+                            self.server_errors += errors.len() as u64;
+                            self.first_error
+                                .get_or_insert_with(|| String::from_utf8_lossy(first).into_owned());
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        c.closed = true;
+                        out.push((key, Ev::Closed));
+                    }
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Key/value pairs of the RESULT line, in order.
+#[derive(Default)]
+pub struct Report(pub Vec<(String, String)>);
+
+impl Report {
+    pub fn put(&mut self, k: &str, v: impl std::fmt::Display) -> &mut Self {
+        // Values never contain spaces, so the line stays trivially parseable.
+        self.0.push((
+            k.to_string(),
+            v.to_string().replace(char::is_whitespace, "_"),
+        ));
+        self
+    }
+
+    pub fn server(&mut self, pid: Option<u32>) -> &mut Self {
+        if let Some(m) = pid.and_then(|p| procfs::mem(p).ok()) {
+            self.put("server_rss_kib", m.rss_kib)
+                .put("server_hwm_kib", m.hwm_kib)
+                .put("server_threads", m.threads);
+        }
+        self
+    }
+
+    pub fn print(&self) {
+        let mut line = String::from("RESULT");
+        for (k, v) in &self.0 {
+            let _ = write!(line, " {k}={v}");
+        }
+        println!("{line}");
+    }
+}
+
+/// CPU used by the server (if known) and by this generator, and time their threads spent
+/// runnable but waiting for a CPU (other load on the machine).
+#[derive(Clone, Copy)]
+struct Usage {
+    server_cpu: Option<f64>,
+    server_wait_ns: Option<u64>,
+    gen_cpu: f64,
+    gen_wait_ns: u64,
+}
+
+fn usage(server: Option<u32>) -> Usage {
+    let me = std::process::id();
+    Usage {
+        server_cpu: server.and_then(|p| procfs::cpu_seconds(p).ok()),
+        server_wait_ns: server.and_then(|p| procfs::sched_ns(p).ok()).map(|s| s.1),
+        gen_cpu: procfs::cpu_seconds(me).unwrap_or(0.0),
+        gen_wait_ns: procfs::sched_ns(me).map_or(0, |s| s.1),
+    }
+}
+
+/// The measured part of a run: after the warm-up, for the requested duration, with CPU
+/// usage sampled where it starts and ends.
+pub struct Window {
+    from: Instant,
+    to: Instant,
+    pid: Option<u32>,
+    start: Option<(Instant, Usage)>,
+    end: Option<(Instant, Usage)>,
+}
+
+impl Window {
+    pub fn new(warmup: Duration, duration: Duration, pid: Option<u32>) -> Window {
+        let from = Instant::now() + warmup;
+        Window {
+            from,
+            to: from + duration,
+            pid,
+            start: None,
+            end: None,
+        }
+    }
+
+    /// Samples usage as the window opens and closes; true while it is open.
+    pub fn tick(&mut self) -> bool {
+        let now = Instant::now();
+        if self.start.is_none() && now >= self.from {
+            self.start = Some((now, usage(self.pid)));
+        }
+        if self.end.is_none() && now >= self.to {
+            self.end = Some((now, usage(self.pid)));
+        }
+        self.start.is_some() && self.end.is_none()
+    }
+
+    pub fn closed(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// Past the time allowed for in-flight work once the window closed.
+    pub fn drain_over(&self) -> bool {
+        Instant::now() >= self.to + DRAIN
+    }
+
+    /// Measured seconds.
+    pub fn secs(&self) -> f64 {
+        match (self.start, self.end) {
+            (Some(a), Some(b)) => (b.0 - a.0).as_secs_f64(),
+            _ => (self.to - self.from).as_secs_f64(),
+        }
+    }
+
+    /// Utilisation over the window; `work` operations give the server's cost of one.
+    pub fn report(&self, r: &mut Report, work: f64) {
+        let (Some((_, a)), Some((_, b))) = (self.start, self.end) else {
+            return;
+        };
+        let secs = self.secs();
+        let pct = |v: f64| format!("{:.1}", 100.0 * v / secs);
+        r.put("duration_s", format!("{secs:.3}"));
+        if let (Some(x), Some(y)) = (a.server_cpu, b.server_cpu) {
+            r.put("server_cpu_s", format!("{:.3}", y - x))
+                .put("server_cpu_pct", pct(y - x));
+            if work > 0.0 {
+                r.put("server_ns_per_op", format!("{:.0}", (y - x) * 1e9 / work));
+            }
+        }
+        if let (Some(x), Some(y)) = (a.server_wait_ns, b.server_wait_ns) {
+            r.put("server_wait_pct", pct(y.saturating_sub(x) as f64 / 1e9));
+        }
+        r.put("gen_cpu_pct", pct(b.gen_cpu - a.gen_cpu));
+        r.put(
+            "gen_wait_pct",
+            pct(b.gen_wait_ns.saturating_sub(a.gen_wait_ns) as f64 / 1e9),
+        );
+    }
+}
+
+pub fn put_latency(r: &mut Report, prefix: &str, h: &Histogram) {
+    let us = |ns: u64| format!("{:.1}", ns as f64 / 1e3);
+    r.put(&format!("{prefix}p50_us"), us(h.quantile(0.5)))
+        .put(&format!("{prefix}p99_us"), us(h.quantile(0.99)))
+        .put(&format!("{prefix}p999_us"), us(h.quantile(0.999)))
+        .put(&format!("{prefix}max_us"), us(h.max()));
+}
+
+/// Connects `n` clients and runs barrier rounds until every one has received a broadcast.
+/// The joined clients get slab keys 0..n.
+pub fn join(
+    g: &mut Gen,
+    n: usize,
+    timeout: Duration,
+    evs: &mut Vec<(usize, Ev)>,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let (mut opened, mut established, mut ready_count) = (0, 0, 0);
+    let mut ready = vec![false; n];
+    let mut round = 0u32;
+    let mut next_probe = start;
+    let mut last_batch = start;
+    while ready_count < n {
+        let now = Instant::now();
+        if now > deadline {
+            return Err(format!(
+                "join timed out: {established} of {n} connected, {ready_count} received a broadcast"
+            ));
+        }
+        let silent = now >= last_batch + SILENT_PACE;
+        while opened < n && g.connecting + if silent { 0 } else { g.unproven } < MAX_CONNECTING {
+            last_batch = now;
+            let key = g.connect().map_err(|e| format!("connect #{opened}: {e}"))?;
+            debug_assert_eq!(key, opened);
+            opened += 1;
+        }
+        if established == n && now >= next_probe {
+            // Probes alternate between two clients so that each of them is proven too.
+            let from = (round % 2) as usize;
+            g.send(
+                from,
+                &Msg {
+                    kind: Kind::Barrier,
+                    sender: from as u32,
+                    seq: round,
+                    sent_ns: 0,
+                },
+                64,
+            );
+            round += 1;
+            next_probe = now + BARRIER_EVERY;
+        }
+        evs.clear();
+        g.turn(Duration::from_millis(10), evs)
+            .map_err(|e| format!("poll: {e}"))?;
+        for &(key, ev) in evs.iter() {
+            match ev {
+                Ev::Connected => established += 1,
+                Ev::Msg(m, _) if m.kind == Kind::Barrier && key < n && !ready[key] => {
+                    ready[key] = true;
+                    ready_count += 1;
+                }
+                Ev::Msg(..) => {}
+                Ev::Closed => {
+                    let why = g
+                        .first_error
+                        .clone()
+                        .unwrap_or_else(|| "end of stream".into());
+                    return Err(format!("server closed client {key} while joining ({why})"));
+                }
+            }
+        }
+    }
+    Ok(start.elapsed())
+}
