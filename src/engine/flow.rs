@@ -40,12 +40,18 @@ pub enum Pace {
 }
 
 /// The room's budget, and the clients waiting for it, served in turn.
+///
+/// What is owed is counted for every client, behind or not, so that a broadcast's loop does
+/// no more than add; the few clients behind are listed, and their share is taken out when the
+/// marks are applied ([`Flow::recheck`]).
 pub struct Flow {
     member_high: usize,
-    /// Bytes owed to clients that keep up.
+    /// Bytes owed, to every client.
     owed: usize,
-    /// Clients that keep up with at least `member_high` bytes owed.
+    /// Clients with at least `member_high` bytes owed.
     full: usize,
+    /// Clients behind: what they are owed does not count.
+    behind: Vec<usize>,
     /// Input is held back: set at a high-water mark, cleared below the low one.
     holding: bool,
     /// Clients with input the room has not taken yet, in the order they came.
@@ -74,6 +80,7 @@ impl Flow {
             member_high,
             owed: 0,
             full: 0,
+            behind: Vec::new(),
             holding: false,
             waiting: VecDeque::new(),
             sweep_at: None,
@@ -83,45 +90,63 @@ impl Flow {
         }
     }
 
-    /// A queue of `before` bytes grew by `n`.
-    pub fn queued(&mut self, pace: Pace, before: usize, n: usize, now: Instant) {
-        if pace == Pace::Keeping {
-            self.owed += n;
-            if before < self.member_high && before + n >= self.member_high {
-                self.full += 1;
-            }
-            self.recheck(now);
-        }
+    /// Whether a queue of `before` bytes that grows by `n` reaches the member's mark.
+    pub fn fills(&self, before: usize, n: usize) -> bool {
+        before < self.member_high && before + n >= self.member_high
+    }
+
+    /// Queues grew by `n` bytes in all, and `filled` of them reached the member's mark
+    /// ([`Flow::fills`]).
+    pub fn queued(&mut self, n: usize, filled: usize) {
+        self.owed += n;
+        self.full += filled;
     }
 
     /// A queue of `before` bytes shrank by `n` (written, or thrown away).
-    pub fn taken(&mut self, pace: Pace, before: usize, n: usize, now: Instant) {
-        if pace == Pace::Keeping {
-            self.owed -= n;
-            if before >= self.member_high && before - n < self.member_high {
-                self.full -= 1;
-            }
-            self.recheck(now);
+    pub fn taken(&mut self, before: usize, n: usize) {
+        self.owed -= n;
+        if before >= self.member_high && before - n < self.member_high {
+            self.full -= 1;
         }
     }
 
-    /// A client that keeps up, owed `len` bytes, falls behind: its bytes stop counting.
-    pub fn fell_behind(&mut self, len: usize, now: Instant) {
-        self.taken(Pace::Keeping, len, len, now);
+    /// A client falls behind: what it is owed stops counting.
+    pub fn fell_behind(&mut self, key: usize) {
+        self.behind.push(key);
     }
 
-    /// Applies the marks: holding starts at a high one and ends below the low ones.
-    fn recheck(&mut self, now: Instant) {
+    /// A client behind has caught up (its queue is empty), or is gone.
+    pub fn caught_up(&mut self, key: usize) {
+        self.behind.retain(|&k| k != key);
+    }
+
+    /// The clients behind, whose queues the caller measures for [`Flow::recheck`].
+    pub fn behind(&self) -> &[usize] {
+        &self.behind
+    }
+
+    /// Applies the marks to what the clients that keep up are owed: what is owed in all, less
+    /// `behind_owed` bytes and `behind_full` full queues of the clients behind. Holding starts
+    /// at a high mark and ends below the low ones. Returns whether input must wait.
+    pub fn recheck(&mut self, behind_owed: usize, behind_full: usize, now: Instant) -> bool {
+        let owed = self.owed - behind_owed;
+        let full = self.full - behind_full;
         let holding = if self.holding {
-            self.owed > ROOM_LOW_WATER || self.full > 0
+            owed > ROOM_LOW_WATER || full > 0
         } else {
-            self.owed >= ROOM_HIGH_WATER || self.full > 0
+            owed >= ROOM_HIGH_WATER || full > 0
         };
         if holding && !self.holding {
             self.holds += 1;
             self.sweep_at.get_or_insert(now + BEHIND_AFTER);
         }
         self.holding = holding;
+        holding
+    }
+
+    /// Whether the member's mark counts a queue of `len` bytes as full.
+    pub fn is_full(&self, len: usize) -> bool {
+        len >= self.member_high
     }
 
     /// Whether input must wait.
@@ -214,25 +239,20 @@ mod tests {
     fn holds_at_the_high_marks_and_lets_go_below_the_low_one() {
         let t0 = Instant::now();
         let mut f = Flow::new(1000);
-        f.queued(Pace::Keeping, 0, 999, t0);
-        assert!(!f.is_holding());
-        f.queued(Pace::Keeping, 999, 1, t0);
-        assert!(f.is_holding(), "one queue at the member's mark");
-        f.taken(Pace::Keeping, 1000, 1000, t0);
-        assert!(!f.is_holding());
+        f.queued(999, usize::from(f.fills(0, 999)));
+        assert!(!f.recheck(0, 0, t0));
+        f.queued(1, usize::from(f.fills(999, 1)));
+        assert!(f.recheck(0, 0, t0), "one queue at the member's mark");
+        f.taken(1000, 1000);
+        assert!(!f.recheck(0, 0, t0));
 
         let mut f = Flow::new(usize::MAX);
-        f.queued(Pace::Keeping, 0, ROOM_HIGH_WATER, t0);
-        assert!(f.is_holding(), "the room's mark");
-        f.taken(
-            Pace::Keeping,
-            ROOM_HIGH_WATER,
-            ROOM_HIGH_WATER - ROOM_LOW_WATER - 1,
-            t0,
-        );
-        assert!(f.is_holding(), "still above the low mark");
-        f.taken(Pace::Keeping, ROOM_LOW_WATER + 1, 1, t0);
-        assert!(!f.is_holding());
+        f.queued(ROOM_HIGH_WATER, 0);
+        assert!(f.recheck(0, 0, t0), "the room's mark");
+        f.taken(ROOM_HIGH_WATER, ROOM_HIGH_WATER - ROOM_LOW_WATER - 1);
+        assert!(f.recheck(0, 0, t0), "still above the low mark");
+        f.taken(ROOM_LOW_WATER + 1, 1);
+        assert!(!f.recheck(0, 0, t0));
         assert_eq!(f.holds, 1);
     }
 
@@ -240,15 +260,21 @@ mod tests {
     fn a_client_behind_stops_counting() {
         let t0 = Instant::now();
         let mut f = Flow::new(1000);
-        f.queued(Pace::Keeping, 0, 5000, t0);
-        f.queued(Pace::Behind, 0, 5000, t0);
-        assert_eq!(f.owed, 5000);
-        assert!(f.is_holding());
+        f.queued(5000, 1); // client 7, keeping up
+        f.queued(5000, 1); // client 8
+        assert!(f.recheck(0, 0, t0));
         assert!(!f.sweep_due(t0));
         assert!(f.sweep_due(t0 + BEHIND_AFTER));
-        f.fell_behind(5000, t0 + BEHIND_AFTER);
-        assert!(!f.is_holding());
-        assert_eq!(f.owed, 0);
+        f.fell_behind(7);
+        assert_eq!(f.behind(), [7]);
+        assert!(f.recheck(5000, 1, t0), "client 8 still holds the room");
+        f.taken(5000, 5000);
+        assert!(
+            !f.recheck(5000, 1, t0),
+            "client 8 caught up; 7 does not count"
+        );
+        f.caught_up(7);
+        assert!(f.behind().is_empty());
     }
 
     #[test]
@@ -258,10 +284,12 @@ mod tests {
         assert_eq!(f.wait(3, t0), Change::Started);
         assert_eq!(f.wait(1, t0), Change::None);
         assert!(f.is_contended() && f.has_ready());
-        f.queued(Pace::Keeping, 0, 1000, t0);
+        f.queued(1000, 1);
+        f.recheck(0, 0, t0);
         assert_eq!(f.next_waiting(), None, "nobody while holding");
         assert_eq!(f.settle(t0), Change::None);
-        f.taken(Pace::Keeping, 1000, 1000, t0);
+        f.taken(1000, 1000);
+        f.recheck(0, 0, t0);
         let t1 = t0 + Duration::from_millis(30);
         assert_eq!(f.next_waiting(), Some(3));
         assert_eq!(f.wait(3, t1), Change::None, "served, then back in line");

@@ -174,6 +174,7 @@ impl<S: Socket> Engine<S> {
         if self.release() {
             self.flush();
         }
+        self.holding();
         if let Change::Ended(held) = self.outbox.flow.settle(now) {
             log::info!("flow control: input flowing again after {held:?}");
             self.print_line(&notice::flow_flowing(held));
@@ -344,6 +345,7 @@ impl<S: Socket> Engine<S> {
         let mut turns = self.outbox.flow.waiting();
         let mut served = false;
         while turns > 0
+            && !self.holding()
             && let Some(key) = self.outbox.flow.next_waiting()
         {
             turns -= 1;
@@ -464,15 +466,34 @@ impl<S: Socket> Engine<S> {
     /// While input is held back: clients whose queue has not emptied for a while stop holding
     /// the room (see `flow.rs`).
     fn sweep_behind(&mut self) {
-        for (_, peer) in self.peers.iter_mut() {
-            if peer.pace == Pace::Keeping
+        for (key, peer) in self.peers.iter_mut() {
+            if peer.out.pace == Pace::Keeping
                 && !peer.out.is_empty()
-                && Flow::is_behind(peer.queued_since, self.now)
+                && peer
+                    .out
+                    .refused_since
+                    .is_some_and(|t| Flow::is_behind(t, self.now))
             {
-                self.outbox.flow.fell_behind(peer.out.len(), self.now);
-                peer.pace = Pace::Behind;
+                self.outbox.flow.fell_behind(key);
+                peer.out.pace = Pace::Behind;
             }
         }
+        self.holding();
+    }
+
+    /// Whether input must wait: the room's marks, applied to what the clients that keep up
+    /// are owed (the few behind are measured here, so that a broadcast only adds).
+    fn holding(&mut self) -> bool {
+        let flow = &self.outbox.flow;
+        let (owed, full) = flow
+            .behind()
+            .iter()
+            .filter_map(|&key| self.peers.get(key))
+            .fold((0, 0), |(owed, full), p| {
+                let len = p.out.len();
+                (owed + len, full + usize::from(flow.is_full(len)))
+            });
+        self.outbox.flow.recheck(owed, full, self.now)
     }
 
     /// One UDP datagram, one message: echoed in echo mode, acknowledged otherwise, and in chat
@@ -557,10 +578,11 @@ impl<S: Socket> Engine<S> {
             // Lines held back go first: on the rate timer, or in the client's turn.
             return None;
         }
-        if self.outbox.flow.is_holding() {
+        if self.holding() {
             self.wait_for_room(key);
             return None;
         }
+        let peer = self.peers.get_mut(key)?;
         let Some(bucket) = peer.lines.bucket.as_mut() else {
             return Some(SCRATCH);
         };
@@ -584,7 +606,7 @@ impl<S: Socket> Engine<S> {
             return; // on its way out: input is discarded
         }
         if self.config.mode == Mode::Echo {
-            return self.outbox.queue(&mut self.peers, key, bytes, self.now);
+            return self.outbox.queue(&mut self.peers, key, bytes);
         }
         if first_read && framing::is_tls_hello(bytes) {
             return self.reject_foreign(key, notice::NOT_TLS, "sent a TLS handshake");
@@ -596,6 +618,7 @@ impl<S: Socket> Engine<S> {
     /// rate budget allows; what it may not send yet is kept, in order.
     fn take_lines(&mut self, key: usize, mut input: &[u8]) {
         loop {
+            let holding = self.holding();
             let Some(peer) = self.peers.get_mut(key) else {
                 return;
             };
@@ -611,7 +634,7 @@ impl<S: Socket> Engine<S> {
             }
             // Checked before every line, not every read: one read can hold hundreds of lines,
             // each a copy for every member.
-            if self.outbox.flow.is_holding() {
+            if holding {
                 peer.framer.keep(input);
                 return self.wait_for_room(key);
             }
@@ -686,12 +709,8 @@ impl<S: Socket> Engine<S> {
 
     /// A client speaking another protocol gets one line of explanation and is closed.
     fn reject_foreign(&mut self, key: usize, line: &str, reason: &str) {
-        self.outbox.queue(
-            &mut self.peers,
-            key,
-            format!("{line}\n").as_bytes(),
-            self.now,
-        );
+        self.outbox
+            .queue(&mut self.peers, key, format!("{line}\n").as_bytes());
         self.finish(key, Some(reason));
     }
 
@@ -708,7 +727,7 @@ impl<S: Socket> Engine<S> {
                 bytes.push(b'\n'); // once per line, not once per recipient
                 let except = match to {
                     To::One(key) => {
-                        self.outbox.queue(&mut self.peers, key, &bytes, self.now);
+                        self.outbox.queue(&mut self.peers, key, &bytes);
                         continue;
                     }
                     To::Console => {
@@ -719,9 +738,12 @@ impl<S: Socket> Engine<S> {
                     To::All => None,
                 };
                 self.print(&bytes);
+                let mut tally = Tally::default();
                 for key in self.room.members().filter(|&k| Some(k) != except) {
-                    self.outbox.queue(&mut self.peers, key, &bytes, self.now);
+                    self.outbox
+                        .queue_to(&mut self.peers, key, &bytes, &mut tally);
                 }
+                self.outbox.count(tally);
             }
             if self.out.is_empty() {
                 self.out = batch; // keep the capacity
@@ -829,10 +851,11 @@ impl<S: Socket> Engine<S> {
         }
         if peer.state != State::Closed {
             peer.state = State::Closed;
-            let owed = std::mem::take(&mut peer.out);
-            self.outbox
-                .flow
-                .taken(peer.pace, owed.len(), owed.len(), self.now);
+            let owed = std::mem::take(&mut peer.out.bytes);
+            self.outbox.flow.taken(owed.len(), owed.len());
+            if peer.out.pace == Pace::Behind {
+                self.outbox.flow.caught_up(key);
+            }
             self.closed.push(key);
         }
     }
@@ -848,18 +871,21 @@ impl<S: Socket> Engine<S> {
             return Ok(());
         }
         while !peer.out.is_empty() {
-            match peer.socket.write(&peer.out) {
+            match peer.socket.write(&peer.out.bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    self.outbox
-                        .flow
-                        .taken(peer.pace, peer.out.len(), n, self.now);
+                    self.outbox.flow.taken(peer.out.len(), n);
                     self.counters.bytes_out += n as u64;
+                    let behind = peer.out.pace == Pace::Behind;
                     peer.wrote(n);
+                    if behind && peer.out.pace == Pace::Keeping {
+                        self.outbox.flow.caught_up(key);
+                    }
                     peer.last_output = self.now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     peer.write_blocked = true;
+                    peer.out.refused_since.get_or_insert(self.now);
                     // Too slow is judged here, on what the kernel refused, never on what one
                     // turn queued before its first write.
                     if peer.out.len() > self.outbox.max_pending && !peer.overflowed {
@@ -959,7 +985,6 @@ impl<S: Socket> Engine<S> {
             &mut self.peers,
             key,
             format!("{}\n", notice::idle(secs)).as_bytes(),
-            self.now,
         );
         self.finish(key, Some(&notice::idle_reason(secs)));
     }
@@ -981,7 +1006,22 @@ impl Outbox {
     /// Appends bytes to what a client is owed, or notes that its queue overflowed: over
     /// `--max-pending` while its socket refuses more. A queue that grew in one turn, before
     /// its first write, is written first (see `write_out`).
-    fn queue<S>(&mut self, peers: &mut Slab<Peer<S>>, key: usize, bytes: &[u8], now: Instant) {
+    fn queue<S>(&mut self, peers: &mut Slab<Peer<S>>, key: usize, bytes: &[u8]) {
+        let mut tally = Tally::default();
+        self.queue_to(peers, key, bytes, &mut tally);
+        self.count(tally);
+    }
+
+    /// [`Outbox::queue`] for one of many recipients: what the room's budget must count is
+    /// tallied apart and counted once for all of them ([`Outbox::count`]), which keeps a
+    /// broadcast's loop down to the copy.
+    fn queue_to<S>(
+        &mut self,
+        peers: &mut Slab<Peer<S>>,
+        key: usize,
+        bytes: &[u8],
+        tally: &mut Tally,
+    ) {
         let Some(peer) = peers.get_mut(key) else {
             return;
         };
@@ -989,19 +1029,23 @@ impl Outbox {
         if matches!(peer.state, State::Draining | State::Closed) || peer.overflowed {
             return;
         }
-        let before = peer.out.len();
-        if peer.write_blocked && before + bytes.len() > self.max_pending {
+        let out = &mut peer.out;
+        let before = out.len();
+        if before + bytes.len() > self.max_pending && peer.write_blocked {
             peer.overflowed = true;
             self.overflowed.push(key);
             return;
         }
-        if before == 0 {
-            peer.queued_since = now;
-        }
-        peer.out.extend_from_slice(bytes);
-        self.flow.queued(peer.pace, before, bytes.len(), now);
-        self.lines_out += 1;
+        out.bytes.extend_from_slice(bytes);
+        tally.owed += bytes.len();
+        tally.full += usize::from(self.flow.fills(before, bytes.len()));
+        tally.lines += 1;
         self.mark_dirty(peer, key);
+    }
+
+    fn count(&mut self, tally: Tally) {
+        self.lines_out += tally.lines;
+        self.flow.queued(tally.owed, tally.full);
     }
 
     /// Puts a connection on the list to write this turn, unless it is there already or its
@@ -1012,6 +1056,15 @@ impl Outbox {
             self.dirty.push(key);
         }
     }
+}
+
+/// What one delivery added, for the room's budget and `/stats`.
+#[derive(Default)]
+struct Tally {
+    owed: usize,
+    /// Queues that reached the member's mark.
+    full: usize,
+    lines: u64,
 }
 
 /// What a frame means for its connection.

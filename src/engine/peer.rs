@@ -36,11 +36,7 @@ pub struct Peer<S> {
     pub state: State,
     pub framer: Framer,
     /// Bytes owed to the client, not yet taken by its socket.
-    pub out: Vec<u8>,
-    /// Since when `out` has not been empty.
-    pub queued_since: Instant,
-    /// Whether what it is owed holds the room's input back.
-    pub pace: Pace,
+    pub out: Owed,
     /// Waiting its turn for the room's budget, with input not yet taken.
     pub waiting: bool,
     pub lines: Lines,
@@ -81,9 +77,11 @@ impl<S> Peer<S> {
             generation,
             state: State::Open,
             framer,
-            out: Vec::new(),
-            queued_since: now,
-            pace: Pace::Keeping,
+            out: Owed {
+                bytes: Vec::new(),
+                refused_since: None,
+                pace: Pace::Keeping,
+            },
             waiting: false,
             lines,
             last_input: now,
@@ -101,13 +99,36 @@ impl<S> Peer<S> {
 
     /// The socket took `n` bytes of what is owed. A client that has taken everything keeps up.
     pub fn wrote(&mut self, n: usize) {
-        self.out.drain(..n);
-        if self.out.is_empty() {
-            self.pace = Pace::Keeping;
-            if self.out.capacity() > OUT_KEEP {
-                self.out = Vec::new();
+        let out = &mut self.out;
+        out.bytes.drain(..n);
+        if out.bytes.is_empty() {
+            out.pace = Pace::Keeping;
+            out.refused_since = None;
+            if out.bytes.capacity() > OUT_KEEP {
+                out.bytes = Vec::new();
             }
         }
+    }
+}
+
+/// What a connection is owed, since when, and whether the room waits for it. Touched for every
+/// member of every broadcast, so its fields are kept together, apart from the rest of the
+/// connection: spread over the struct, they cost a cache miss more per delivery.
+pub struct Owed {
+    pub bytes: Vec<u8>,
+    /// Since when the socket has refused bytes without the queue emptying in between: how long
+    /// the client has not kept up.
+    pub refused_since: Option<Instant>,
+    pub pace: Pace,
+}
+
+impl Owed {
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
     }
 }
 

@@ -241,7 +241,10 @@ fn a_leaving_client_that_never_reads_is_closed_after_the_linger() {
     h.at(LINGER);
     let closed = h.turn();
     assert_eq!(closed.len(), 1);
-    assert_eq!(closed[0].out, b"", "its unsent goodbye is dropped with it");
+    assert_eq!(
+        closed[0].out.bytes, b"",
+        "its unsent goodbye is dropped with it"
+    );
 }
 
 #[test]

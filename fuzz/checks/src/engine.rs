@@ -694,7 +694,7 @@ impl Run {
                 None => {
                     let peer = self.engine.peer(client.key).expect("in the table");
                     let mut queued = peer.socket.sent.clone();
-                    queued.extend_from_slice(&peer.out);
+                    queued.extend_from_slice(&peer.out.bytes);
                     tags_in(&queued)
                 }
             };
