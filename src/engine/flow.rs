@@ -25,7 +25,8 @@
 //! [`member_high_water`]: crate::config::flow::member_high_water
 //! [`BEHIND_AFTER`]: crate::config::flow::BEHIND_AFTER
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::flow::{BEHIND_AFTER, ROOM_HIGH_WATER, ROOM_LOW_WATER};
@@ -54,8 +55,8 @@ pub struct Flow {
     behind: Vec<usize>,
     /// Input is held back: set at a high-water mark, cleared below the low one.
     holding: bool,
-    /// Clients with input the room has not taken yet, in the order they came.
-    waiting: VecDeque<usize>,
+    /// Clients with input the room has not taken yet.
+    waiting: Turns,
     /// When clients that do not keep up are looked for next, while input is held.
     sweep_at: Option<Instant>,
     /// Since when input has been held back, until every waiting client has been served.
@@ -82,7 +83,7 @@ impl Flow {
             full: 0,
             behind: Vec::new(),
             holding: false,
-            waiting: VecDeque::new(),
+            waiting: Turns::default(),
             sweep_at: None,
             episode: None,
             holds: 0,
@@ -154,15 +155,15 @@ impl Flow {
         self.holding
     }
 
-    /// Whether clients are waiting to be served in turn: input is read a line's worth at a
-    /// time until none are left, so that one client cannot take the whole budget.
+    /// Whether clients are waiting to be served in turn: each read is then a share of the turn,
+    /// so that one client cannot take the whole budget.
     pub fn is_contended(&self) -> bool {
-        self.holding || !self.waiting.is_empty()
+        self.holding || self.waiting.len > 0
     }
 
     /// A client with input waits for its turn, at the back.
-    pub fn wait(&mut self, key: usize, now: Instant) -> Change {
-        self.waiting.push_back(key);
+    pub fn wait(&mut self, key: usize, from: IpAddr, now: Instant) -> Change {
+        self.waiting.push(key, from);
         if self.episode.is_none() {
             self.episode = Some(now);
             return Change::Started;
@@ -171,8 +172,8 @@ impl Flow {
     }
 
     /// A client that waited is gone.
-    pub fn forget(&mut self, key: usize) {
-        self.waiting.retain(|&k| k != key);
+    pub fn forget(&mut self, key: usize, from: IpAddr) {
+        self.waiting.remove(key, from);
     }
 
     /// The next client to serve, if the room can take input now.
@@ -180,22 +181,22 @@ impl Flow {
         if self.holding {
             return None;
         }
-        self.waiting.pop_front()
+        self.waiting.pop()
     }
 
     /// Clients waiting now.
     pub fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.waiting.len
     }
 
     /// Whether the loop has clients to serve without waiting for an event.
     pub fn has_ready(&self) -> bool {
-        !self.holding && !self.waiting.is_empty()
+        !self.holding && self.waiting.len > 0
     }
 
     /// Ends the episode once every waiting client has been served.
     pub fn settle(&mut self, now: Instant) -> Change {
-        if self.holding || !self.waiting.is_empty() {
+        if self.holding || self.waiting.len > 0 {
             return Change::None;
         }
         self.sweep_at = None;
@@ -228,6 +229,55 @@ impl Flow {
     /// Whether a client whose queue has not been empty since `since` is behind at `now`.
     pub fn is_behind(since: Instant, now: Instant) -> bool {
         now.saturating_duration_since(since) >= BEHIND_AFTER
+    }
+}
+
+/// Clients waiting their turn, served by address first: each address in turn, and within an
+/// address each client in turn. A thousand connections from one address get one address's
+/// share, not a thousand, so that people elsewhere keep being heard through a flood.
+#[derive(Default)]
+struct Turns {
+    addresses: VecDeque<IpAddr>,
+    clients: HashMap<IpAddr, VecDeque<usize>>,
+    len: usize,
+}
+
+impl Turns {
+    fn push(&mut self, key: usize, from: IpAddr) {
+        let clients = self.clients.entry(from).or_default();
+        if clients.is_empty() {
+            self.addresses.push_back(from);
+        }
+        clients.push_back(key);
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<usize> {
+        let from = self.addresses.pop_front()?;
+        let clients = self.clients.get_mut(&from)?;
+        let key = clients.pop_front()?;
+        self.len -= 1;
+        if clients.is_empty() {
+            self.clients.remove(&from);
+        } else {
+            self.addresses.push_back(from);
+        }
+        Some(key)
+    }
+
+    fn remove(&mut self, key: usize, from: IpAddr) {
+        let Some(clients) = self.clients.get_mut(&from) else {
+            return;
+        };
+        let Some(at) = clients.iter().position(|&k| k == key) else {
+            return;
+        };
+        clients.remove(at);
+        self.len -= 1;
+        if clients.is_empty() {
+            self.clients.remove(&from);
+            self.addresses.retain(|&a| a != from);
+        }
     }
 }
 
@@ -281,8 +331,9 @@ mod tests {
     fn waiting_clients_are_served_in_turn_and_the_episode_is_timed() {
         let t0 = Instant::now();
         let mut f = Flow::new(1000);
-        assert_eq!(f.wait(3, t0), Change::Started);
-        assert_eq!(f.wait(1, t0), Change::None);
+        let here: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(f.wait(3, here, t0), Change::Started);
+        assert_eq!(f.wait(1, here, t0), Change::None);
         assert!(f.is_contended() && f.has_ready());
         f.queued(1000, 1);
         f.recheck(0, 0, t0);
@@ -292,10 +343,36 @@ mod tests {
         f.recheck(0, 0, t0);
         let t1 = t0 + Duration::from_millis(30);
         assert_eq!(f.next_waiting(), Some(3));
-        assert_eq!(f.wait(3, t1), Change::None, "served, then back in line");
+        assert_eq!(
+            f.wait(3, here, t1),
+            Change::None,
+            "served, then back in line"
+        );
         assert_eq!(f.next_waiting(), Some(1));
         assert_eq!(f.next_waiting(), Some(3));
         assert_eq!(f.settle(t1), Change::Ended(Duration::from_millis(30)));
         assert!(!f.is_contended());
+    }
+
+    #[test]
+    fn each_address_gets_its_turn_however_many_connections_it_has() {
+        let t0 = Instant::now();
+        let mut f = Flow::new(1000);
+        let flood: IpAddr = "10.0.0.1".parse().unwrap();
+        let person: IpAddr = "10.0.0.2".parse().unwrap();
+        for key in 0..100 {
+            f.wait(key, flood, t0);
+        }
+        f.wait(500, person, t0);
+        assert_eq!(f.next_waiting(), Some(0));
+        assert_eq!(f.next_waiting(), Some(500), "second, not 101st");
+        f.wait(500, person, t0);
+        assert_eq!(f.next_waiting(), Some(1));
+        assert_eq!(f.next_waiting(), Some(500));
+        f.forget(7, flood);
+        assert_eq!(f.waiting(), 97);
+        let served: Vec<usize> = std::iter::from_fn(|| f.next_waiting()).collect();
+        assert_eq!(served.len(), 97);
+        assert!(!served.contains(&7));
     }
 }

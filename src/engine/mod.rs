@@ -188,7 +188,7 @@ impl<S: Socket> Engine<S> {
             if let Some(peer) = self.peers.try_remove(key) {
                 self.admission.release(peer.addr.ip());
                 if peer.waiting {
-                    self.outbox.flow.forget(key);
+                    self.outbox.flow.forget(key, peer.addr.ip());
                 }
                 gone.push(peer);
             }
@@ -369,7 +369,7 @@ impl<S: Socket> Engine<S> {
             return;
         }
         peer.waiting = true;
-        if self.outbox.flow.wait(key, self.now) == Change::Started {
+        if self.outbox.flow.wait(key, peer.addr.ip(), self.now) == Change::Started {
             let (owed, largest) = self.owed();
             log::info!("flow control: holding input back, {owed} bytes owed");
             self.print_line(&notice::flow_holding(owed, largest));
