@@ -9,7 +9,8 @@
 //! - [`framing`]: bytes to lines, the length cap, flush-partial; recognising HTTP and TLS.
 //! - [`text`]: raw line to safe text (UTF-8 repair, no terminal control characters).
 //! - [`command`]: line to [`command::Command`], for clients and for the operator console.
-//! - [`room`]: names, membership, and who receives what.
+//! - [`directory`]: who is called what, server-wide: guest names, `/nick`, finding a name.
+//! - [`room`]: membership, and who receives what.
 //! - [`ack`]: the `received: <message>` answers of `--mode ack` and of UDP.
 //! - [`rate`]: the token bucket behind `--rate` and `--connect-rate`.
 //! - [`notice`]: every line the server says in its own voice.
@@ -22,6 +23,7 @@ pub mod ack;
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod directory;
 pub mod engine;
 pub mod framing;
 pub mod notice;

@@ -1,18 +1,15 @@
-//! The room: who is here under what name, and who receives what. Pure.
+//! The room: who is here, and who receives what. Pure.
 //!
 //! The room never touches a socket. Each call says what happened (a client joined, sent a
 //! command, left) and appends to `out` the lines to deliver and to whom; the event loop moves
-//! the bytes. The server holds the room as a value, so that named rooms can be added by holding
-//! several.
-
-use std::collections::HashMap;
+//! the bytes. Who is called what is the [`Directory`]'s, server-wide; the room holds its
+//! members.
 
 use crate::command::{self, Command, ConsoleCommand};
+pub use crate::directory::ClientId;
+use crate::directory::Directory;
 use crate::notice;
 use crate::text;
-
-/// A client, as the event loop knows it (its connection's slab key).
-pub type ClientId = usize;
 
 /// Who receives a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,22 +50,12 @@ pub enum ConsoleAfter {
     Shutdown,
 }
 
-/// The longest name, in bytes (all name characters are ASCII).
-pub const MAX_NAME: usize = 16;
-
-/// A name nobody may take: lines from the server start with it.
-const RESERVED: &str = "SERVER";
-
 pub struct Room {
     welcome: String,
     /// Join, leave and rename lines reach clients only in rooms up to this size.
     announce_limit: usize,
-    /// Members and their names.
-    members: HashMap<ClientId, String>,
-    /// Lowercased name to member: names are unique regardless of case.
-    by_name: HashMap<String, ClientId>,
-    /// The number in the next `guest<N>`; never goes back, so a name is never reused.
-    next_guest: u64,
+    /// Names, server-wide. With one room, its members are everyone named.
+    directory: Directory,
 }
 
 impl Room {
@@ -76,53 +63,41 @@ impl Room {
         Room {
             welcome: welcome.into(),
             announce_limit,
-            members: HashMap::new(),
-            by_name: HashMap::new(),
-            next_guest: 1,
+            directory: Directory::new(),
         }
     }
 
     pub fn contains(&self, id: ClientId) -> bool {
-        self.members.contains_key(&id)
+        self.directory.contains(id)
     }
 
     /// Everyone in the room, in no particular order.
     pub fn members(&self) -> impl Iterator<Item = ClientId> + '_ {
-        self.members.keys().copied()
+        self.directory.clients()
     }
 
     pub fn name(&self, id: ClientId) -> Option<&str> {
-        self.members.get(&id).map(String::as_str)
+        self.directory.name(id)
     }
 
     /// A new client: it gets a guest name, the welcome, and the room hears of it.
     pub fn join(&mut self, id: ClientId, out: &mut Vec<Out>) {
-        let name = loop {
-            let candidate = format!("guest{}", self.next_guest);
-            self.next_guest += 1;
-            // Someone may have picked this name with /nick; skip it rather than share it.
-            if !self.by_name.contains_key(&candidate) {
-                break candidate;
-            }
-        };
-        self.by_name.insert(name.clone(), id);
+        let name = self.directory.register(id);
+        let (intro, line) = (notice::intro(name), notice::connected(name));
         push(out, To::One(id), self.welcome.clone());
-        push(out, To::One(id), notice::intro(&name));
-        let line = notice::connected(&name);
-        self.members.insert(id, name);
+        push(out, To::One(id), intro);
         self.announce(id, line, out);
     }
 
     /// A client leaves: on its own (`reason` is `None`) or dropped by the server.
     pub fn leave(&mut self, id: ClientId, reason: Option<&str>, out: &mut Vec<Out>) {
-        if !self.members.contains_key(&id) {
+        let Some(name) = self.directory.name(id) else {
             return;
-        }
+        };
         // Announce while the leaver still counts, so the limit applies to joins and leaves alike.
-        let line = notice::disconnected(&self.members[&id], reason);
+        let line = notice::disconnected(name, reason);
         self.announce(id, line, out);
-        let name = self.members.remove(&id).expect("member checked above");
-        self.by_name.remove(&name.to_ascii_lowercase());
+        self.directory.release(id);
     }
 
     /// A raw line from a member: made safe, parsed and handled. Blank lines are ignored.
@@ -136,7 +111,7 @@ impl Room {
 
     /// A line from a member, already parsed.
     pub fn handle(&mut self, id: ClientId, command: Command<'_>, out: &mut Vec<Out>) -> After {
-        let Some(name) = self.members.get(&id) else {
+        let Some(name) = self.directory.name(id) else {
             return After::Close;
         };
         let reply = |out: &mut Vec<Out>, line: String| push(out, To::One(id), line);
@@ -144,10 +119,10 @@ impl Room {
             Command::Say(text) => push(out, To::Others(id), format!("{name}: {text}")),
             Command::Me(text) => push(out, To::Others(id), format!("* {name} {text}")),
             Command::Nick(new) => self.rename(id, new, out),
-            Command::Who => reply(out, self.who()),
-            Command::Msg { to, text } => match self.find(to) {
+            Command::Who => reply(out, self.directory.who()),
+            Command::Msg { to, text } => match self.directory.find(to) {
                 Some(target) => {
-                    let target_name = &self.members[&target];
+                    let target_name = self.directory.name(target).expect("found by name");
                     push(out, To::One(target), notice::private_from(name, text));
                     reply(out, notice::private_to(target_name, text));
                 }
@@ -180,8 +155,8 @@ impl Room {
         let reply = |out: &mut Vec<Out>, line: String| push(out, To::Console, line);
         match command {
             ConsoleCommand::Say(text) => push(out, To::All, notice::from_console(text)),
-            ConsoleCommand::Who => reply(out, self.who()),
-            ConsoleCommand::Kick(name) => match self.find(name) {
+            ConsoleCommand::Who => reply(out, self.directory.who()),
+            ConsoleCommand::Kick(name) => match self.directory.find(name) {
                 Some(target) => {
                     push(out, To::One(target), notice::KICKED.to_owned());
                     self.leave(target, Some(notice::KICK_REASON), out);
@@ -203,54 +178,19 @@ impl Room {
     }
 
     fn rename(&mut self, id: ClientId, new: &str, out: &mut Vec<Out>) {
-        let old = &self.members[&id];
-        let refusal = if !is_valid_name(new) {
-            Some(notice::NAME_INVALID.to_owned())
-        } else if new.eq_ignore_ascii_case(RESERVED) {
-            Some(notice::name_reserved(new))
-        } else if old == new {
-            Some(notice::already_named(new))
-        } else if self.find(new).is_some_and(|owner| owner != id) {
-            Some(notice::name_taken(new))
-        } else {
-            None
-        };
-        if let Some(line) = refusal {
-            return push(out, To::One(id), line);
+        match self.directory.rename(id, new) {
+            Ok(old) => {
+                push(out, To::One(id), notice::you_are_now(new));
+                self.announce(id, notice::renamed(&old, new), out);
+            }
+            Err(refusal) => push(out, To::One(id), refusal),
         }
-        // Reserve the new name before anyone hears of it.
-        self.by_name.remove(&old.to_ascii_lowercase());
-        self.by_name.insert(new.to_ascii_lowercase(), id);
-        let old = std::mem::replace(self.members.get_mut(&id).expect("member"), new.to_owned());
-        push(out, To::One(id), notice::you_are_now(new));
-        self.announce(id, notice::renamed(&old, new), out);
-    }
-
-    /// The member with this name, regardless of case.
-    fn find(&self, name: &str) -> Option<ClientId> {
-        if name.len() > MAX_NAME {
-            return None;
-        }
-        self.by_name.get(&name.to_ascii_lowercase()).copied()
-    }
-
-    /// The `/who` line: the first names in order, and how many more there are.
-    fn who(&self) -> String {
-        let mut names: Vec<&str> = self.members.values().map(String::as_str).collect();
-        let by_name = |a: &&str, b: &&str| a.to_ascii_lowercase().cmp(&b.to_ascii_lowercase());
-        if names.len() > notice::WHO_MAX_NAMES {
-            // Sorting ten thousand names for a line that shows a hundred would be wasted work.
-            names.select_nth_unstable_by(notice::WHO_MAX_NAMES, by_name);
-            names.truncate(notice::WHO_MAX_NAMES);
-        }
-        names.sort_unstable_by(by_name);
-        notice::who(&names, self.members.len())
     }
 
     /// Join, leave and rename lines: to everyone in a room of ordinary size, to the transcript
     /// alone in a big one.
     fn announce(&self, about: ClientId, line: String, out: &mut Vec<Out>) {
-        let to = if self.members.len() <= self.announce_limit {
+        let to = if self.directory.len() <= self.announce_limit {
             To::Others(about)
         } else {
             To::Console
@@ -261,15 +201,6 @@ impl Room {
 
 fn push(out: &mut Vec<Out>, to: To, line: String) {
     out.push(Out { to, line });
-}
-
-/// 1 to 16 of `A-Z a-z 0-9 _ -`: safe in any terminal, easy to type, impossible to mistake
-/// for a server line.
-pub fn is_valid_name(name: &str) -> bool {
-    (1..=MAX_NAME).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -361,7 +292,7 @@ mod tests {
         );
         // The old name is free again, the new one is not.
         assert_eq!(say(&mut r, 2, "/nick guest1").len(), 2);
-        assert_eq!(r.find("alice"), Some(1));
+        assert_eq!(r.directory.find("alice"), Some(1));
     }
 
     #[test]
@@ -402,7 +333,7 @@ mod tests {
     #[test]
     fn who_in_a_big_room_lists_a_hundred_names() {
         let r = with_members(250);
-        let line = r.who();
+        let line = r.directory.who();
         assert!(
             line.starts_with("[SERVER] 250 online: guest1, guest10, guest100, "),
             "{line}"
@@ -424,7 +355,7 @@ mod tests {
             ]
         );
         assert!(!r.contains(1));
-        assert_eq!(r.find("guest1"), None);
+        assert_eq!(r.directory.find("guest1"), None);
     }
 
     #[test]

@@ -1,0 +1,182 @@
+//! The directory of names: who is called what, server-wide. Pure.
+//!
+//! Names are what `/nick`, `/msg` and `/who` speak of, and they are unique across the whole
+//! server whatever room a client is in, so they live apart from any room's membership: a room
+//! says who hears a line, the directory says who someone is.
+
+use std::collections::HashMap;
+
+use crate::notice;
+
+/// A client, as the event loop knows it (its connection's slab key).
+pub type ClientId = usize;
+
+/// The longest name, in bytes (all name characters are ASCII).
+pub const MAX_NAME: usize = 16;
+
+/// A name nobody may take: lines from the server start with it.
+const RESERVED: &str = "SERVER";
+
+#[derive(Default)]
+pub struct Directory {
+    names: HashMap<ClientId, String>,
+    /// Lowercased name to client: names are unique regardless of case.
+    by_name: HashMap<String, ClientId>,
+    /// The number in the next `guest<N>`; never goes back, so a name is never reused.
+    next_guest: u64,
+}
+
+impl Directory {
+    pub fn new() -> Directory {
+        Directory {
+            next_guest: 1,
+            ..Directory::default()
+        }
+    }
+
+    /// Gives a new client the next free `guest<N>` name, and returns it.
+    pub fn register(&mut self, id: ClientId) -> &str {
+        let name = loop {
+            let candidate = format!("guest{}", self.next_guest);
+            self.next_guest += 1;
+            // Someone may have picked this name with /nick; skip it rather than share it.
+            if !self.by_name.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        self.by_name.insert(name.clone(), id);
+        self.names.entry(id).or_insert(name)
+    }
+
+    /// A client is gone: its name is free again. Returns the name it had.
+    pub fn release(&mut self, id: ClientId) -> Option<String> {
+        let name = self.names.remove(&id)?;
+        self.by_name.remove(&name.to_ascii_lowercase());
+        Some(name)
+    }
+
+    /// Renames a client, or says why not (the line to send it). Returns the old name.
+    pub fn rename(&mut self, id: ClientId, new: &str) -> Result<String, String> {
+        let old = self.names.get(&id).ok_or(notice::NAME_INVALID.to_owned())?;
+        if !is_valid_name(new) {
+            return Err(notice::NAME_INVALID.to_owned());
+        }
+        if new.eq_ignore_ascii_case(RESERVED) {
+            return Err(notice::name_reserved(new));
+        }
+        if old == new {
+            return Err(notice::already_named(new));
+        }
+        if self.find(new).is_some_and(|owner| owner != id) {
+            return Err(notice::name_taken(new));
+        }
+        // The new name is reserved before anyone hears of it.
+        self.by_name.remove(&old.to_ascii_lowercase());
+        self.by_name.insert(new.to_ascii_lowercase(), id);
+        let name = self.names.get_mut(&id).expect("checked above");
+        Ok(std::mem::replace(name, new.to_owned()))
+    }
+
+    pub fn name(&self, id: ClientId) -> Option<&str> {
+        self.names.get(&id).map(String::as_str)
+    }
+
+    /// The client with this name, regardless of case.
+    pub fn find(&self, name: &str) -> Option<ClientId> {
+        if name.len() > MAX_NAME {
+            return None;
+        }
+        self.by_name.get(&name.to_ascii_lowercase()).copied()
+    }
+
+    /// Clients with a name, in no particular order.
+    pub fn clients(&self) -> impl Iterator<Item = ClientId> + '_ {
+        self.names.keys().copied()
+    }
+
+    pub fn contains(&self, id: ClientId) -> bool {
+        self.names.contains_key(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The `/who` line: the first names in order, and how many more there are.
+    pub fn who(&self) -> String {
+        let mut names: Vec<&str> = self.names.values().map(String::as_str).collect();
+        let by_name = |a: &&str, b: &&str| a.to_ascii_lowercase().cmp(&b.to_ascii_lowercase());
+        if names.len() > notice::WHO_MAX_NAMES {
+            // Sorting ten thousand names for a line that shows a hundred would be wasted work.
+            names.select_nth_unstable_by(notice::WHO_MAX_NAMES, by_name);
+            names.truncate(notice::WHO_MAX_NAMES);
+        }
+        names.sort_unstable_by(by_name);
+        notice::who(&names, self.names.len())
+    }
+}
+
+/// 1 to 16 of `A-Z a-z 0-9 _ -`: safe in any terminal, easy to type, impossible to mistake
+/// for a server line.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guests_are_numbered_and_never_reuse_a_name() {
+        let mut d = Directory::new();
+        assert_eq!(d.register(1), "guest1");
+        assert_eq!(d.rename(1, "guest2"), Ok("guest1".to_owned()));
+        assert_eq!(d.register(2), "guest3", "guest2 is taken by /nick");
+        assert_eq!(d.release(2).as_deref(), Some("guest3"));
+        assert_eq!(
+            d.register(3),
+            "guest4",
+            "a freed guest name is not handed out again"
+        );
+        assert_eq!(d.len(), 2);
+    }
+
+    #[test]
+    fn renames_are_checked_and_names_unique_regardless_of_case() {
+        let mut d = Directory::new();
+        d.register(1);
+        d.register(2);
+        assert_eq!(d.rename(1, "alice"), Ok("guest1".to_owned()));
+        assert_eq!(d.rename(2, "ALICE"), Err(notice::name_taken("ALICE")));
+        assert_eq!(d.rename(2, "server"), Err(notice::name_reserved("server")));
+        assert_eq!(d.rename(2, "a b"), Err(notice::NAME_INVALID.to_owned()));
+        assert_eq!(d.rename(1, "alice"), Err(notice::already_named("alice")));
+        assert_eq!(
+            d.rename(1, "Alice"),
+            Ok("alice".to_owned()),
+            "a change of case"
+        );
+        assert_eq!(d.find("ALICE"), Some(1));
+        assert_eq!(d.find(&"x".repeat(MAX_NAME + 1)), None);
+        d.release(1);
+        assert_eq!(d.find("alice"), None, "the name is free again");
+        assert_eq!(d.rename(2, "alice"), Ok("guest2".to_owned()));
+    }
+
+    #[test]
+    fn who_sorts_and_counts() {
+        let mut d = Directory::new();
+        for id in 1..=3 {
+            d.register(id);
+        }
+        d.rename(3, "Bob").unwrap();
+        assert_eq!(d.who(), "[SERVER] 3 online: Bob, guest1, guest2");
+    }
+}
