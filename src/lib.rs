@@ -12,6 +12,7 @@
 //! - [`directory`]: who is called what, server-wide: guest names, `/nick`, finding a name.
 //! - [`room`]: membership, and who receives what.
 //! - [`ack`]: the `received: <message>` answers of `--mode ack` and of UDP.
+//! - [`service`]: what `--mode` means, behind one seam: the chat room or the ack service.
 //! - [`rate`]: the token bucket behind `--rate` and `--connect-rate`.
 //! - [`notice`]: every line the server says in its own voice.
 //! - [`engine`]: the whole server without sockets or clock: buffers, limits, timers, the room,
@@ -30,4 +31,5 @@ pub mod notice;
 pub mod rate;
 pub mod room;
 pub mod server;
+pub mod service;
 pub mod text;

@@ -33,11 +33,12 @@ use slab::Slab;
 
 use crate::ack::{self, Answer};
 use crate::command;
-use crate::config::{self, Config, Mode};
+use crate::config::{self, Config};
 use crate::framing::{self, Frame, Framer};
 use crate::notice;
 use crate::rate::{Bucket, Budgets};
 use crate::room::{After, ConsoleAfter, Out, Room, To};
+use crate::service::Service;
 use crate::text;
 use admission::Admission;
 use deadlines::{Deadlines, Timer};
@@ -70,7 +71,7 @@ pub trait Socket {
 
 pub struct Engine<S> {
     config: Config,
-    room: Room,
+    service: Service,
     peers: Slab<Peer<S>>,
     admission: Admission,
     deadlines: Deadlines,
@@ -103,7 +104,10 @@ pub struct Engine<S> {
 impl<S: Socket> Engine<S> {
     pub fn new(config: Config, now: Instant) -> Engine<S> {
         Engine {
-            room: Room::new(config.welcome.clone(), config.announce_limit),
+            service: Service::new(
+                config.mode,
+                Room::new(config.welcome.clone(), config.announce_limit),
+            ),
             admission: Admission::new(&config),
             peers: Slab::new(),
             deadlines: Deadlines::default(),
@@ -244,13 +248,7 @@ impl<S: Socket> Engine<S> {
         if let Some(idle) = self.config.idle_timeout {
             self.arm(key, Timer::Idle, now + idle);
         }
-        match self.config.mode {
-            Mode::Chat => self.room.join(key, &mut self.out),
-            Mode::Echo | Mode::Ack => self.out.push(Out {
-                to: To::Console,
-                line: notice::connected(&addr.to_string()),
-            }),
-        }
+        self.service.join(key, addr, &mut self.out);
         self.deliver();
         Ok(key)
     }
@@ -415,7 +413,7 @@ impl<S: Socket> Engine<S> {
             return;
         }
         let after = self
-            .room
+            .service
             .console(command::parse_console(&line), &mut self.out);
         self.deliver();
         match after {
@@ -501,7 +499,7 @@ impl<S: Socket> Engine<S> {
     /// nothing else: there is no connection to close. Returns the reply to send.
     pub fn datagram(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) -> Option<Vec<u8>> {
         self.now = now;
-        if self.config.mode == Mode::Echo {
+        if self.service.is_echo() {
             return Some(bytes.to_vec());
         }
         // `--rate` per sender address. A datagram cannot wait in the sender's socket as a TCP
@@ -520,13 +518,7 @@ impl<S: Socket> Engine<S> {
                 Answer::Ignore => return None,
                 Answer::Bye => notice::BYE.to_owned(),
                 Answer::Received { reply, text } => {
-                    match self.config.mode {
-                        Mode::Chat => self.room.relay(&from.to_string(), &text, &mut self.out),
-                        Mode::Ack | Mode::Echo => self.out.push(Out {
-                            to: To::Console,
-                            line: format!("{from}: {text}"),
-                        }),
-                    }
+                    self.service.relay(from, &text, &mut self.out);
                     self.deliver();
                     reply
                 }
@@ -569,7 +561,7 @@ impl<S: Socket> Engine<S> {
         if matches!(peer.state, State::Closing | State::Draining) {
             return Some(SCRATCH); // read and thrown away, so that the close is clean
         }
-        if self.config.mode == Mode::Echo {
+        if self.service.is_echo() {
             let room = self.config.max_pending.saturating_sub(peer.out.len());
             peer.input_paused = room == 0;
             return (room > 0).then_some(room.min(SCRATCH));
@@ -605,7 +597,7 @@ impl<S: Socket> Engine<S> {
         if peer.state != State::Open {
             return; // on its way out: input is discarded
         }
-        if self.config.mode == Mode::Echo {
+        if self.service.is_echo() {
             return self.outbox.queue(&mut self.peers, key, bytes);
         }
         if first_read && framing::is_tls_hello(bytes) {
@@ -645,7 +637,7 @@ impl<S: Socket> Engine<S> {
             let first = peer.lines.record(self.now);
             let from = (key, peer.addr);
             let verdict = on_frame(
-                &mut self.room,
+                &mut self.service,
                 &mut self.out,
                 &self.config,
                 from,
@@ -739,7 +731,7 @@ impl<S: Socket> Engine<S> {
                 };
                 self.print(&bytes);
                 let mut tally = Tally::default();
-                for key in self.room.members().filter(|&k| Some(k) != except) {
+                for key in self.service.members().filter(|&k| Some(k) != except) {
                     self.outbox
                         .queue_to(&mut self.peers, key, &bytes, &mut tally);
                 }
@@ -811,19 +803,10 @@ impl<S: Socket> Engine<S> {
         self.deliver();
     }
 
-    /// The announcement of a departure: the room's rule in chat mode, the transcript otherwise.
+    /// The announcement of a departure, as the service has it.
     fn leave(&mut self, key: usize, reason: Option<&str>) {
-        match self.config.mode {
-            Mode::Chat => self.room.leave(key, reason, &mut self.out),
-            Mode::Echo | Mode::Ack => {
-                if let Some(peer) = self.peers.get(key) {
-                    let line = notice::disconnected(&peer.addr.to_string(), reason);
-                    self.out.push(Out {
-                        to: To::Console,
-                        line,
-                    });
-                }
-            }
+        if let Some(peer) = self.peers.get(key) {
+            self.service.leave(key, peer.addr, reason, &mut self.out);
         }
     }
 
@@ -1078,50 +1061,25 @@ enum Verdict {
 /// Acts on one frame from a client, by the server's mode. A free function over the parts it
 /// needs, because the frame borrows the connection's framer while the room runs.
 fn on_frame(
-    room: &mut Room,
+    service: &mut Service,
     out: &mut Vec<Out>,
     config: &Config,
     (key, addr): (usize, SocketAddr),
     first: bool,
     frame: Frame<'_>,
 ) -> Verdict {
-    let raw = match frame {
+    match frame {
         Frame::TooLong => {
             out.push(Out {
                 to: To::One(key),
                 line: notice::too_long(config.max_line),
             });
-            return Verdict::Stay;
+            Verdict::Stay
         }
-        Frame::Line(raw) if first && framing::is_http_request(raw) => return Verdict::Foreign,
-        Frame::Line(raw) => raw,
-    };
-    match config.mode {
-        Mode::Chat => match room.receive(key, raw, out) {
+        Frame::Line(raw) if first && framing::is_http_request(raw) => Verdict::Foreign,
+        Frame::Line(raw) => match service.line(key, addr, raw, out) {
             After::Stay => Verdict::Stay,
             After::Close => Verdict::Close,
-        },
-        // Echo never frames; this arm keeps the match whole.
-        Mode::Ack | Mode::Echo => match ack::answer(raw) {
-            Answer::Ignore => Verdict::Stay,
-            Answer::Received { reply, text } => {
-                out.push(Out {
-                    to: To::One(key),
-                    line: reply,
-                });
-                out.push(Out {
-                    to: To::Console,
-                    line: format!("{addr}: {text}"),
-                });
-                Verdict::Stay
-            }
-            Answer::Bye => {
-                out.push(Out {
-                    to: To::One(key),
-                    line: notice::BYE.to_owned(),
-                });
-                Verdict::Close
-            }
         },
     }
 }
