@@ -20,8 +20,9 @@ pub enum To {
     Others(ClientId),
     /// Every member and the transcript.
     All,
-    /// The transcript only: standard output, which the operator reads.
-    Console,
+    /// The transcript only: standard output, which the operator reads. (The console is the
+    /// operator's input; the transcript is the server's output.)
+    Transcript,
 }
 
 /// One line to deliver, without its newline.
@@ -152,7 +153,7 @@ impl Room {
 
     /// A line from the operator console.
     pub fn console(&mut self, command: ConsoleCommand<'_>, out: &mut Vec<Out>) -> ConsoleAfter {
-        let reply = |out: &mut Vec<Out>, line: String| push(out, To::Console, line);
+        let reply = |out: &mut Vec<Out>, line: String| push(out, To::Transcript, line);
         match command {
             ConsoleCommand::Say(text) => push(out, To::All, notice::from_console(text)),
             ConsoleCommand::Who => reply(out, self.directory.who()),
@@ -193,7 +194,7 @@ impl Room {
         let to = if self.directory.len() <= self.announce_limit {
             To::Others(about)
         } else {
-            To::Console
+            To::Transcript
         };
         push(out, to, line);
     }
@@ -377,8 +378,8 @@ mod tests {
             [
                 To::Others(1),
                 To::Others(2),
-                To::Console,
-                To::Console,
+                To::Transcript,
+                To::Transcript,
                 To::Others(2)
             ]
         );

@@ -35,7 +35,9 @@ impl Service {
     pub fn join(&mut self, id: ClientId, addr: SocketAddr, out: &mut Vec<Out>) {
         match self.mode {
             Mode::Chat => self.room.join(id, out),
-            Mode::Echo | Mode::Ack => push(out, To::Console, notice::connected(&addr.to_string())),
+            Mode::Echo | Mode::Ack => {
+                push(out, To::Transcript, notice::connected(&addr.to_string()))
+            }
         }
     }
 
@@ -51,7 +53,7 @@ impl Service {
             Mode::Chat => self.room.leave(id, reason, out),
             Mode::Echo | Mode::Ack => {
                 let line = notice::disconnected(&addr.to_string(), reason);
-                push(out, To::Console, line);
+                push(out, To::Transcript, line);
             }
         }
     }
@@ -71,7 +73,7 @@ impl Service {
             Answer::Ignore => After::Stay,
             Answer::Received { reply, text } => {
                 push(out, To::One(id), reply);
-                push(out, To::Console, format!("{addr}: {text}"));
+                push(out, To::Transcript, format!("{addr}: {text}"));
                 After::Stay
             }
             Answer::Bye => {
@@ -86,7 +88,7 @@ impl Service {
     pub fn relay(&mut self, from: SocketAddr, text: &str, out: &mut Vec<Out>) {
         match self.mode {
             Mode::Chat => self.room.relay(&from.to_string(), text, out),
-            Mode::Echo | Mode::Ack => push(out, To::Console, format!("{from}: {text}")),
+            Mode::Echo | Mode::Ack => push(out, To::Transcript, format!("{from}: {text}")),
         }
     }
 
@@ -121,11 +123,14 @@ mod tests {
         assert_eq!(
             lines,
             [
-                (To::Console, "[SERVER] Client: 127.0.0.1:4000 connected!"),
+                (To::Transcript, "[SERVER] Client: 127.0.0.1:4000 connected!"),
                 (To::One(1), "received: hola"),
-                (To::Console, "127.0.0.1:4000: hola"),
+                (To::Transcript, "127.0.0.1:4000: hola"),
                 (To::One(1), "[SERVER] Bye!"),
-                (To::Console, "[SERVER] Client: 127.0.0.1:4000 disconnected."),
+                (
+                    To::Transcript,
+                    "[SERVER] Client: 127.0.0.1:4000 disconnected."
+                ),
             ]
         );
         assert_eq!(s.members().count(), 0, "ack has no room");

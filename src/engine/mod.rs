@@ -722,7 +722,7 @@ impl<S: Socket> Engine<S> {
                         self.outbox.queue(&mut self.peers, key, &bytes);
                         continue;
                     }
-                    To::Console => {
+                    To::Transcript => {
                         self.print(&bytes);
                         continue;
                     }
