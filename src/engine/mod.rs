@@ -14,9 +14,9 @@
 //!   that waited for the room's budget, and hands back the connections to close; then print
 //!   [`Engine::transcript`].
 //!
-//! Nothing is removed from the table until the end of [`Engine::end_turn`], once per turn: a key freed
-//! in the middle of a batch of events could be handed to a new connection while an event for
-//! the old one still waits in that batch. Connections are likewise never dropped in the middle
+//! Nothing is removed from the table until the end of [`Engine::end_turn`], once per turn: a
+//! key freed in the middle of a batch of events could be handed to a new connection while an
+//! event for the old one still waits in that batch. Connections are likewise never dropped in the middle
 //! of a broadcast: a queue that overflows is noted, and dealt with after the broadcast.
 
 mod admission;
