@@ -45,7 +45,7 @@ use deadlines::{Deadlines, Timer};
 pub use flow::Pace;
 use flow::{Change, Flow};
 use peer::Lines;
-pub use peer::{Peer, State};
+pub use peer::{Peer, Reading, State, Writing};
 use stats::{Counters, Rates};
 
 /// One read buffer for all clients: per-client memory holds only unfinished lines and output.
@@ -191,7 +191,7 @@ impl<S: Socket> Engine<S> {
         for key in self.closed.drain(..) {
             if let Some(peer) = self.peers.try_remove(key) {
                 self.admission.release(peer.addr.ip());
-                if peer.waiting {
+                if peer.reading == Reading::Waiting {
                     self.outbox.flow.forget(key, peer.addr.ip());
                 }
                 gone.push(peer);
@@ -277,15 +277,15 @@ impl<S: Socket> Engine<S> {
                     break;
                 }
                 Ok(0) => {
-                    peer.eof = true;
+                    peer.reading = Reading::Ended;
                     break;
                 }
                 Ok(n) => {
-                    peer.drained = false;
+                    peer.reading = Reading::Ready { drained: false };
                     n
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    peer.drained = true;
+                    peer.reading = Reading::Ready { drained: true };
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -314,7 +314,9 @@ impl<S: Socket> Engine<S> {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
-        peer.write_blocked = false;
+        if peer.writing == Writing::Blocked {
+            peer.writing = Writing::Idle;
+        }
         if !peer.out.is_empty() {
             self.outbox.mark_dirty(peer, key);
         }
@@ -350,7 +352,8 @@ impl<S: Socket> Engine<S> {
             let Some(peer) = self.peers.get_mut(key) else {
                 continue;
             };
-            peer.waiting = false;
+            // A client that ended its stream while it waited says so again on the next read.
+            peer.reading = Reading::Ready { drained: false };
             served = true;
             self.take_lines(key, &[]);
             self.read(key, self.now);
@@ -363,10 +366,10 @@ impl<S: Socket> Engine<S> {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
-        if peer.waiting {
+        if peer.reading == Reading::Waiting {
             return;
         }
-        peer.waiting = true;
+        peer.reading = Reading::Waiting;
         if self.outbox.flow.wait(key, peer.addr.ip(), self.now) == Change::Started {
             let (owed, largest) = self.owed();
             log::info!("flow control: holding input back, {owed} bytes owed");
@@ -555,7 +558,7 @@ impl<S: Socket> Engine<S> {
     /// flush that empties its queue.
     fn input_budget(&mut self, key: usize) -> Option<usize> {
         let peer = self.peers.get_mut(key)?;
-        if peer.eof || peer.input_paused || peer.waiting || peer.state == State::Closed {
+        if !matches!(peer.reading, Reading::Ready { .. }) || peer.state == State::Closed {
             return None;
         }
         if matches!(peer.state, State::Closing | State::Draining) {
@@ -563,7 +566,9 @@ impl<S: Socket> Engine<S> {
         }
         if self.service.is_echo() {
             let room = self.config.max_pending.saturating_sub(peer.out.len());
-            peer.input_paused = room == 0;
+            if room == 0 {
+                peer.reading = Reading::Paused;
+            }
             return (room > 0).then_some(room.min(SCRATCH));
         }
         if peer.framer.has_line() {
@@ -656,7 +661,7 @@ impl<S: Socket> Engine<S> {
         if peer.state != State::Open || peer.framer.has_line() {
             return;
         }
-        if peer.eof {
+        if peer.reading == Reading::Ended {
             // Its last words: an unterminated line counts, then it leaves (once the rate
             // budget lets that line through, if it holds it back).
             self.end_line(key);
@@ -849,7 +854,7 @@ impl<S: Socket> Engine<S> {
         let Some(peer) = self.peers.get_mut(key) else {
             return Ok(());
         };
-        peer.dirty = false;
+        peer.writing = Writing::Idle;
         if peer.state == State::Closed {
             return Ok(());
         }
@@ -867,7 +872,7 @@ impl<S: Socket> Engine<S> {
                     peer.last_output = self.now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    peer.write_blocked = true;
+                    peer.writing = Writing::Blocked;
                     peer.out.refused_since.get_or_insert(self.now);
                     // Too slow is judged here, on what the kernel refused, never on what one
                     // turn queued before its first write.
@@ -882,7 +887,7 @@ impl<S: Socket> Engine<S> {
             }
         }
         if peer.state == State::Closing {
-            if peer.eof {
+            if peer.reading == Reading::Ended {
                 // It has sent all it will send: nothing unread can turn the close into a reset.
                 self.close(key);
             } else {
@@ -893,7 +898,8 @@ impl<S: Socket> Engine<S> {
                 peer.state = State::Draining;
                 self.ready.push(key); // input may be waiting already, with no event to come
             }
-        } else if std::mem::take(&mut peer.input_paused) {
+        } else if peer.reading == Reading::Paused {
+            peer.reading = Reading::Ready { drained: false };
             self.ready.push(key); // echo: room again for its input
         }
         Ok(())
@@ -920,7 +926,7 @@ impl<S: Socket> Engine<S> {
         if peer.state != State::Open || peer.framer.is_empty() || peer.framer.has_line() {
             return;
         }
-        if !peer.drained {
+        if peer.reading != (Reading::Ready { drained: true }) {
             // The rest of the line may wait in the socket while the server holds the client
             // back: that quiet is ours. The read that finds the socket empty sets this again.
             return;
@@ -1014,7 +1020,7 @@ impl Outbox {
         }
         let out = &mut peer.out;
         let before = out.len();
-        if before + bytes.len() > self.max_pending && peer.write_blocked {
+        if before + bytes.len() > self.max_pending && peer.writing == Writing::Blocked {
             peer.overflowed = true;
             self.overflowed.push(key);
             return;
@@ -1034,8 +1040,8 @@ impl Outbox {
     /// Puts a connection on the list to write this turn, unless it is there already or its
     /// socket is full (a writable event will put it back).
     fn mark_dirty<S>(&mut self, peer: &mut Peer<S>, key: usize) {
-        if !peer.dirty && !peer.write_blocked {
-            peer.dirty = true;
+        if peer.writing == Writing::Idle {
+            peer.writing = Writing::Listed;
             self.dirty.push(key);
         }
     }

@@ -28,6 +28,32 @@ pub enum State {
     Closed,
 }
 
+/// Where a connection's reading stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Read when the socket says so (or the loop does). `drained`: the last read found the
+    /// socket empty; until then, a pause in the client's input may be the server's doing (rate
+    /// limit, fair share), not the client's.
+    Ready { drained: bool },
+    /// Echo mode: not read until its output is written, so it cannot fill the server's memory.
+    Paused,
+    /// Waiting its turn for the room's budget, with input not yet taken.
+    Waiting,
+    /// The peer closed its side; what it sent is still being handled.
+    Ended,
+}
+
+/// Where a connection's writing stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writing {
+    /// Nothing to write, or written and not yet owed more.
+    Idle,
+    /// On the list of connections to write this turn.
+    Listed,
+    /// The last write hit WouldBlock: wait for the socket to say it is writable.
+    Blocked,
+}
+
 pub struct Peer<S> {
     pub socket: S,
     pub addr: SocketAddr,
@@ -37,29 +63,18 @@ pub struct Peer<S> {
     pub framer: Framer,
     /// Bytes owed to the client, not yet taken by its socket.
     pub out: Owed,
-    /// Waiting its turn for the room's budget, with input not yet taken.
-    pub waiting: bool,
+    pub reading: Reading,
     pub lines: Lines,
     /// When bytes last arrived: the start of a flush-partial quiet.
     pub last_input: Instant,
     /// When the socket last took bytes: a closing client is given time while it keeps reading.
     pub last_output: Instant,
     pub bytes_in: u64,
-    /// The peer closed its side; what it sent is still being handled.
-    pub eof: bool,
-    /// The last read found the socket empty. Until then, a pause in the client's input may be
-    /// the server's doing (rate limit, fair share), not the client's.
-    pub drained: bool,
     /// Timer kinds that have an entry in the deadline heap (one bit each).
     pub timers: u8,
-    /// On the list of connections to write this turn.
-    pub dirty: bool,
-    /// The last write hit WouldBlock: wait for the socket to say it is writable.
-    pub write_blocked: bool,
+    pub writing: Writing,
     /// Already on the list of connections whose queue overflowed.
     pub overflowed: bool,
-    /// Echo mode: not read until its output is written, so it cannot fill the server's memory.
-    pub input_paused: bool,
 }
 
 impl<S> Peer<S> {
@@ -82,18 +97,14 @@ impl<S> Peer<S> {
                 refused_since: None,
                 pace: Pace::Keeping,
             },
-            waiting: false,
+            reading: Reading::Ready { drained: false },
             lines,
             last_input: now,
             last_output: now,
             bytes_in: 0,
-            eof: false,
-            drained: false,
             timers: 0,
-            dirty: false,
-            write_blocked: false,
+            writing: Writing::Idle,
             overflowed: false,
-            input_paused: false,
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use loopchat::config::{self, Parsed};
-use loopchat::engine::{Engine, Peer, Socket, State};
+use loopchat::engine::{Engine, Peer, Reading, SCRATCH, Socket, State, Writing};
 
 use crate::Input;
 
@@ -529,13 +529,13 @@ impl Run {
             if peer.state == State::Closed {
                 self.fail(format!("client {c} closed but not handed back"));
             }
-            if !peer.out.is_empty() && !peer.write_blocked {
+            if !peer.out.is_empty() && peer.writing != Writing::Blocked {
                 self.fail(format!(
                     "client {c}: {} bytes owed, not written",
                     peer.out.len()
                 ));
             }
-            if peer.state == State::Closing && !peer.write_blocked {
+            if peer.state == State::Closing && peer.writing != Writing::Blocked {
                 self.fail(format!("client {c}: closing, nothing to write, not closed"));
             }
         }
@@ -571,7 +571,7 @@ impl Run {
         }
         let mut keys: Vec<(usize, usize)> = self.by_key.iter().map(|(&k, &c)| (k, c)).collect();
         keys.sort_unstable();
-        let mut big_keeps = 0;
+        let mut kept = 0;
         for (key, c) in keys {
             let peer = self.engine.peer(key).or_else(|| {
                 let mut back = self.handed_back.iter();
@@ -583,18 +583,28 @@ impl Run {
                 ));
             };
             // Beyond a line or two (the rate limit's), only a client stopped by the room's
-            // budget in the middle of one read may hold input, and only one at a time. (A
-            // client on its way out keeps what it held until it is handed back.)
+            // budget in the middle of a read may hold input (lines waiting for its turn, or
+            // what is left of an over-long one, discarded when it next sends), and all of them
+            // together no more than a few turns' worth: each read is a share of a turn. A
+            // client on its way out keeps what it held until it is handed back.
             let held = peer.framer.held();
             if held > 2 * (MAX_LINE + 2) && peer.state == State::Open {
-                if !peer.waiting || big_keeps > 0 {
-                    self.fail(format!("client {c}: {held} bytes of input held"));
+                if peer.reading != Reading::Waiting && peer.framer.has_line() {
+                    self.fail(format!(
+                        "client {c}: {held} bytes of input held while {:?}",
+                        peer.reading
+                    ));
                 }
-                big_keeps += 1;
+                kept += held;
+                if kept > 3 * SCRATCH {
+                    self.fail(format!("{kept} bytes of input held by waiting clients"));
+                }
             }
             // A queue may pass --max-pending in one call, before its first write; after a
             // write the kernel refused, or at the end of a turn, it may not.
-            if peer.out.len() > self.max_pending && (peer.write_blocked || call == Call::Flush) {
+            if peer.out.len() > self.max_pending
+                && (peer.writing == Writing::Blocked || call == Call::Flush)
+            {
                 self.fail(format!("client {c}: {} bytes queued", peer.out.len()));
             }
             if let Some(misuse) = peer.socket.misuse {
