@@ -27,7 +27,7 @@ pub enum To {
 
 /// One line to deliver, without its newline.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Out {
+pub struct Delivery {
     pub to: To,
     pub line: String,
 }
@@ -82,7 +82,7 @@ impl Room {
     }
 
     /// A new client: it gets a guest name, the welcome, and the room hears of it.
-    pub fn join(&mut self, id: ClientId, out: &mut Vec<Out>) {
+    pub fn join(&mut self, id: ClientId, out: &mut Vec<Delivery>) {
         let name = self.directory.register(id);
         let (intro, line) = (notice::intro(name), notice::connected(name));
         push(out, To::One(id), self.welcome.clone());
@@ -91,7 +91,7 @@ impl Room {
     }
 
     /// A client leaves: on its own (`reason` is `None`) or dropped by the server.
-    pub fn leave(&mut self, id: ClientId, reason: Option<&str>, out: &mut Vec<Out>) {
+    pub fn leave(&mut self, id: ClientId, reason: Option<&str>, out: &mut Vec<Delivery>) {
         let Some(name) = self.directory.name(id) else {
             return;
         };
@@ -102,7 +102,7 @@ impl Room {
     }
 
     /// A raw line from a member: made safe, parsed and handled. Blank lines are ignored.
-    pub fn receive(&mut self, id: ClientId, raw: &[u8], out: &mut Vec<Out>) -> After {
+    pub fn receive(&mut self, id: ClientId, raw: &[u8], out: &mut Vec<Delivery>) -> After {
         let line = text::clean(raw);
         if text::is_blank(&line) {
             return After::Stay;
@@ -111,11 +111,11 @@ impl Room {
     }
 
     /// A line from a member, already parsed.
-    pub fn handle(&mut self, id: ClientId, command: Command<'_>, out: &mut Vec<Out>) -> After {
+    pub fn handle(&mut self, id: ClientId, command: Command<'_>, out: &mut Vec<Delivery>) -> After {
         let Some(name) = self.directory.name(id) else {
             return After::Close;
         };
-        let reply = |out: &mut Vec<Out>, line: String| push(out, To::One(id), line);
+        let reply = |out: &mut Vec<Delivery>, line: String| push(out, To::One(id), line);
         match command {
             Command::Say(text) => push(out, To::Others(id), format!("{name}: {text}")),
             Command::Me(text) => push(out, To::Others(id), format!("* {name} {text}")),
@@ -147,13 +147,17 @@ impl Room {
 
     /// A message from outside the room (a UDP datagram): everyone sees it under the sender's
     /// address, which no name can look like.
-    pub fn relay(&self, from: &str, text: &str, out: &mut Vec<Out>) {
+    pub fn relay(&self, from: &str, text: &str, out: &mut Vec<Delivery>) {
         push(out, To::All, format!("{from}: {text}"));
     }
 
     /// A line from the operator console.
-    pub fn console(&mut self, command: ConsoleCommand<'_>, out: &mut Vec<Out>) -> ConsoleAfter {
-        let reply = |out: &mut Vec<Out>, line: String| push(out, To::Transcript, line);
+    pub fn console(
+        &mut self,
+        command: ConsoleCommand<'_>,
+        out: &mut Vec<Delivery>,
+    ) -> ConsoleAfter {
+        let reply = |out: &mut Vec<Delivery>, line: String| push(out, To::Transcript, line);
         match command {
             ConsoleCommand::Say(text) => push(out, To::All, notice::from_console(text)),
             ConsoleCommand::Who => reply(out, self.directory.who()),
@@ -178,7 +182,7 @@ impl Room {
         ConsoleAfter::Continue
     }
 
-    fn rename(&mut self, id: ClientId, new: &str, out: &mut Vec<Out>) {
+    fn rename(&mut self, id: ClientId, new: &str, out: &mut Vec<Delivery>) {
         match self.directory.rename(id, new) {
             Ok(old) => {
                 push(out, To::One(id), notice::you_are_now(new));
@@ -190,7 +194,7 @@ impl Room {
 
     /// Join, leave and rename lines: to everyone in a room of ordinary size, to the transcript
     /// alone in a big one.
-    fn announce(&self, about: ClientId, line: String, out: &mut Vec<Out>) {
+    fn announce(&self, about: ClientId, line: String, out: &mut Vec<Delivery>) {
         let to = if self.directory.len() <= self.announce_limit {
             To::Others(about)
         } else {
@@ -200,8 +204,8 @@ impl Room {
     }
 }
 
-fn push(out: &mut Vec<Out>, to: To, line: String) {
-    out.push(Out { to, line });
+fn push(out: &mut Vec<Delivery>, to: To, line: String) {
+    out.push(Delivery { to, line });
 }
 
 #[cfg(test)]
@@ -222,14 +226,14 @@ mod tests {
         r
     }
 
-    fn say(r: &mut Room, id: ClientId, line: &str) -> Vec<Out> {
+    fn say(r: &mut Room, id: ClientId, line: &str) -> Vec<Delivery> {
         let mut out = Vec::new();
         r.handle(id, parse(line), &mut out);
         out
     }
 
-    fn out(to: To, line: &str) -> Out {
-        Out {
+    fn out(to: To, line: &str) -> Delivery {
+        Delivery {
             to,
             line: line.into(),
         }

@@ -8,7 +8,7 @@ use crate::ack::{self, Answer};
 use crate::command::ConsoleCommand;
 use crate::config::Mode;
 use crate::notice;
-use crate::room::{After, ClientId, ConsoleAfter, Out, Room, To};
+use crate::room::{After, ClientId, ConsoleAfter, Delivery, Room, To};
 
 pub struct Service {
     mode: Mode,
@@ -32,7 +32,7 @@ impl Service {
     }
 
     /// A new connection: in chat a member with a name; otherwise a line in the transcript.
-    pub fn join(&mut self, id: ClientId, addr: SocketAddr, out: &mut Vec<Out>) {
+    pub fn join(&mut self, id: ClientId, addr: SocketAddr, out: &mut Vec<Delivery>) {
         match self.mode {
             Mode::Chat => self.room.join(id, out),
             Mode::Echo | Mode::Ack => {
@@ -47,7 +47,7 @@ impl Service {
         id: ClientId,
         addr: SocketAddr,
         reason: Option<&str>,
-        out: &mut Vec<Out>,
+        out: &mut Vec<Delivery>,
     ) {
         match self.mode {
             Mode::Chat => self.room.leave(id, reason, out),
@@ -64,7 +64,7 @@ impl Service {
         id: ClientId,
         addr: SocketAddr,
         raw: &[u8],
-        out: &mut Vec<Out>,
+        out: &mut Vec<Delivery>,
     ) -> After {
         if self.mode == Mode::Chat {
             return self.room.receive(id, raw, out);
@@ -85,7 +85,7 @@ impl Service {
 
     /// A message that came by UDP from `from`: the room sees it in chat, the transcript
     /// otherwise.
-    pub fn relay(&mut self, from: SocketAddr, text: &str, out: &mut Vec<Out>) {
+    pub fn relay(&mut self, from: SocketAddr, text: &str, out: &mut Vec<Delivery>) {
         match self.mode {
             Mode::Chat => self.room.relay(&from.to_string(), text, out),
             Mode::Echo | Mode::Ack => push(out, To::Transcript, format!("{from}: {text}")),
@@ -93,13 +93,17 @@ impl Service {
     }
 
     /// A line from the operator console.
-    pub fn console(&mut self, command: ConsoleCommand<'_>, out: &mut Vec<Out>) -> ConsoleAfter {
+    pub fn console(
+        &mut self,
+        command: ConsoleCommand<'_>,
+        out: &mut Vec<Delivery>,
+    ) -> ConsoleAfter {
         self.room.console(command, out)
     }
 }
 
-fn push(out: &mut Vec<Out>, to: To, line: String) {
-    out.push(Out { to, line });
+fn push(out: &mut Vec<Delivery>, to: To, line: String) {
+    out.push(Delivery { to, line });
 }
 
 #[cfg(test)]

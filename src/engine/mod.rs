@@ -37,7 +37,7 @@ use crate::config::{self, Config};
 use crate::framing::{self, Frame, Framer};
 use crate::notice;
 use crate::rate::{Bucket, Budgets};
-use crate::room::{After, ConsoleAfter, Out, Room, To};
+use crate::room::{After, ConsoleAfter, Delivery, Room, To};
 use crate::service::Service;
 use crate::text;
 use admission::Admission;
@@ -76,8 +76,8 @@ pub struct Engine<S> {
     admission: Admission,
     deadlines: Deadlines,
     scratch: Vec<u8>,
-    /// Lines the room produced and [`Engine::deliver`] has yet to route.
-    out: Vec<Out>,
+    /// Lines the service produced and [`Engine::deliver`] has yet to route.
+    deliveries: Vec<Delivery>,
     /// What is owed and who must be written to or dropped before the next poll.
     outbox: Outbox,
     /// Connections to read again without waiting for an event.
@@ -112,7 +112,7 @@ impl<S: Socket> Engine<S> {
             peers: Slab::new(),
             deadlines: Deadlines::default(),
             scratch: vec![0; SCRATCH],
-            out: Vec::new(),
+            deliveries: Vec::new(),
             outbox: Outbox {
                 max_pending: config.max_pending,
                 dirty: Vec::new(),
@@ -248,7 +248,7 @@ impl<S: Socket> Engine<S> {
         if let Some(idle) = self.config.idle_timeout {
             self.arm(key, Timer::Idle, now + idle);
         }
-        self.service.join(key, addr, &mut self.out);
+        self.service.join(key, addr, &mut self.deliveries);
         self.deliver();
         Ok(key)
     }
@@ -317,7 +317,7 @@ impl<S: Socket> Engine<S> {
         if peer.writing == Writing::Blocked {
             peer.writing = Writing::Idle;
         }
-        if !peer.out.is_empty() {
+        if !peer.owed.is_empty() {
             self.outbox.mark_dirty(peer, key);
         }
     }
@@ -381,7 +381,7 @@ impl<S: Socket> Engine<S> {
     /// and `/stats`, not for every line.
     fn owed(&self) -> (usize, usize) {
         self.peers.iter().fold((0, 0), |(all, largest), (_, p)| {
-            (all + p.out.len(), largest.max(p.out.len()))
+            (all + p.owed.len(), largest.max(p.owed.len()))
         })
     }
 
@@ -417,7 +417,7 @@ impl<S: Socket> Engine<S> {
         }
         let after = self
             .service
-            .console(command::parse_console(&line), &mut self.out);
+            .console(command::parse_console(&line), &mut self.deliveries);
         self.deliver();
         match after {
             ConsoleAfter::Continue => {}
@@ -468,15 +468,15 @@ impl<S: Socket> Engine<S> {
     /// the room (see `flow.rs`).
     fn sweep_behind(&mut self) {
         for (key, peer) in self.peers.iter_mut() {
-            if peer.out.pace == Pace::Keeping
-                && !peer.out.is_empty()
+            if peer.owed.pace == Pace::Keeping
+                && !peer.owed.is_empty()
                 && peer
-                    .out
+                    .owed
                     .refused_since
                     .is_some_and(|t| Flow::is_behind(t, self.now))
             {
                 self.outbox.flow.fell_behind(key);
-                peer.out.pace = Pace::Behind;
+                peer.owed.pace = Pace::Behind;
             }
         }
         self.holding();
@@ -491,7 +491,7 @@ impl<S: Socket> Engine<S> {
             .iter()
             .filter_map(|&key| self.peers.get(key))
             .fold((0, 0), |(owed, full), p| {
-                let len = p.out.len();
+                let len = p.owed.len();
                 (owed + len, full + usize::from(flow.is_full(len)))
             });
         self.outbox.flow.recheck(owed, full, self.now)
@@ -521,7 +521,7 @@ impl<S: Socket> Engine<S> {
                 Answer::Ignore => return None,
                 Answer::Bye => notice::BYE.to_owned(),
                 Answer::Received { reply, text } => {
-                    self.service.relay(from, &text, &mut self.out);
+                    self.service.relay(from, &text, &mut self.deliveries);
                     self.deliver();
                     reply
                 }
@@ -540,7 +540,7 @@ impl<S: Socket> Engine<S> {
         }
         log::info!("shutting down");
         self.shutdown_at = Some(now + LINGER);
-        self.out.push(Out {
+        self.deliveries.push(Delivery {
             to: To::All,
             line: notice::SHUTTING_DOWN.to_owned(),
         });
@@ -565,7 +565,7 @@ impl<S: Socket> Engine<S> {
             return Some(SCRATCH); // read and thrown away, so that the close is clean
         }
         if self.service.is_echo() {
-            let room = self.config.max_pending.saturating_sub(peer.out.len());
+            let room = self.config.max_pending.saturating_sub(peer.owed.len());
             if room == 0 {
                 peer.reading = Reading::Paused;
             }
@@ -643,7 +643,7 @@ impl<S: Socket> Engine<S> {
             let from = (key, peer.addr);
             let verdict = on_frame(
                 &mut self.service,
-                &mut self.out,
+                &mut self.deliveries,
                 &self.config,
                 from,
                 first,
@@ -717,9 +717,9 @@ impl<S: Socket> Engine<S> {
     /// routing (never while the room's members are being walked) and its departure is routed
     /// in turn, until nothing is left.
     fn deliver(&mut self) {
-        while !self.out.is_empty() {
-            let mut batch = std::mem::take(&mut self.out);
-            for Out { to, line } in batch.drain(..) {
+        while !self.deliveries.is_empty() {
+            let mut batch = std::mem::take(&mut self.deliveries);
+            for Delivery { to, line } in batch.drain(..) {
                 let mut bytes = line.into_bytes();
                 bytes.push(b'\n'); // once per line, not once per recipient
                 let except = match to {
@@ -742,8 +742,8 @@ impl<S: Socket> Engine<S> {
                 }
                 self.outbox.count(tally);
             }
-            if self.out.is_empty() {
-                self.out = batch; // keep the capacity
+            if self.deliveries.is_empty() {
+                self.deliveries = batch; // keep the capacity
             }
             self.drop_overflowed();
         }
@@ -752,7 +752,7 @@ impl<S: Socket> Engine<S> {
     /// Drops the clients whose queue overflowed: their departure goes out with the next lines.
     fn drop_overflowed(&mut self) {
         for key in std::mem::take(&mut self.outbox.overflowed) {
-            let unread = self.peers.get(key).map_or(0, |p| p.out.len());
+            let unread = self.peers.get(key).map_or(0, |p| p.owed.len());
             log::warn!(
                 "dropping client {key}: {unread} bytes unread (--max-pending {})",
                 self.config.max_pending
@@ -811,7 +811,8 @@ impl<S: Socket> Engine<S> {
     /// The announcement of a departure, as the service has it.
     fn leave(&mut self, key: usize, reason: Option<&str>) {
         if let Some(peer) = self.peers.get(key) {
-            self.service.leave(key, peer.addr, reason, &mut self.out);
+            self.service
+                .leave(key, peer.addr, reason, &mut self.deliveries);
         }
     }
 
@@ -839,9 +840,9 @@ impl<S: Socket> Engine<S> {
         }
         if peer.state != State::Closed {
             peer.state = State::Closed;
-            let owed = std::mem::take(&mut peer.out.bytes);
+            let owed = std::mem::take(&mut peer.owed.bytes);
             self.outbox.flow.taken(owed.len(), owed.len());
-            if peer.out.pace == Pace::Behind {
+            if peer.owed.pace == Pace::Behind {
                 self.outbox.flow.caught_up(key);
             }
             self.closed.push(key);
@@ -858,25 +859,25 @@ impl<S: Socket> Engine<S> {
         if peer.state == State::Closed {
             return Ok(());
         }
-        while !peer.out.is_empty() {
-            match peer.socket.write(&peer.out.bytes) {
+        while !peer.owed.is_empty() {
+            match peer.socket.write(&peer.owed.bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    self.outbox.flow.taken(peer.out.len(), n);
+                    self.outbox.flow.taken(peer.owed.len(), n);
                     self.counters.bytes_out += n as u64;
-                    let behind = peer.out.pace == Pace::Behind;
+                    let behind = peer.owed.pace == Pace::Behind;
                     peer.wrote(n);
-                    if behind && peer.out.pace == Pace::Keeping {
+                    if behind && peer.owed.pace == Pace::Keeping {
                         self.outbox.flow.caught_up(key);
                     }
                     peer.last_output = self.now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     peer.writing = Writing::Blocked;
-                    peer.out.refused_since.get_or_insert(self.now);
+                    peer.owed.refused_since.get_or_insert(self.now);
                     // Too slow is judged here, on what the kernel refused, never on what one
                     // turn queued before its first write.
-                    if peer.out.len() > self.outbox.max_pending && !peer.overflowed {
+                    if peer.owed.len() > self.outbox.max_pending && !peer.overflowed {
                         peer.overflowed = true;
                         self.outbox.overflowed.push(key);
                     }
@@ -1018,7 +1019,7 @@ impl Outbox {
         if matches!(peer.state, State::Draining | State::Closed) || peer.overflowed {
             return;
         }
-        let out = &mut peer.out;
+        let out = &mut peer.owed;
         let before = out.len();
         if before + bytes.len() > self.max_pending && peer.writing == Writing::Blocked {
             peer.overflowed = true;
@@ -1068,7 +1069,7 @@ enum Verdict {
 /// needs, because the frame borrows the connection's framer while the room runs.
 fn on_frame(
     service: &mut Service,
-    out: &mut Vec<Out>,
+    out: &mut Vec<Delivery>,
     config: &Config,
     (key, addr): (usize, SocketAddr),
     first: bool,
@@ -1076,7 +1077,7 @@ fn on_frame(
 ) -> Verdict {
     match frame {
         Frame::TooLong => {
-            out.push(Out {
+            out.push(Delivery {
                 to: To::One(key),
                 line: notice::too_long(config.max_line),
             });

@@ -62,7 +62,7 @@ pub struct Peer<S> {
     pub state: State,
     pub framer: Framer,
     /// Bytes owed to the client, not yet taken by its socket.
-    pub out: Owed,
+    pub owed: Owed,
     pub reading: Reading,
     pub lines: Lines,
     /// When bytes last arrived: the start of a flush-partial quiet.
@@ -92,7 +92,7 @@ impl<S> Peer<S> {
             generation,
             state: State::Open,
             framer,
-            out: Owed {
+            owed: Owed {
                 bytes: Vec::new(),
                 refused_since: None,
                 pace: Pace::Keeping,
@@ -110,7 +110,7 @@ impl<S> Peer<S> {
 
     /// The socket took `n` bytes of what is owed. A client that has taken everything keeps up.
     pub fn wrote(&mut self, n: usize) {
-        let out = &mut self.out;
+        let out = &mut self.owed;
         out.bytes.drain(..n);
         if out.bytes.is_empty() {
             out.pace = Pace::Keeping;

@@ -242,7 +242,7 @@ fn a_leaving_client_that_never_reads_is_closed_after_the_linger() {
     let closed = h.turn();
     assert_eq!(closed.len(), 1);
     assert_eq!(
-        closed[0].out.bytes, b"",
+        closed[0].owed.bytes, b"",
         "its unsent goodbye is dropped with it"
     );
 }
@@ -367,7 +367,7 @@ fn echo_stops_reading_a_client_that_does_not_read_and_resumes() {
     let peer = h.engine.peer(a).unwrap();
     assert_eq!(
         (
-            peer.out.len(),
+            peer.owed.len(),
             peer.socket.input.iter().map(Vec::len).sum::<usize>()
         ),
         (100, 200),

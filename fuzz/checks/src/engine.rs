@@ -529,10 +529,10 @@ impl Run {
             if peer.state == State::Closed {
                 self.fail(format!("client {c} closed but not handed back"));
             }
-            if !peer.out.is_empty() && peer.writing != Writing::Blocked {
+            if !peer.owed.is_empty() && peer.writing != Writing::Blocked {
                 self.fail(format!(
                     "client {c}: {} bytes owed, not written",
-                    peer.out.len()
+                    peer.owed.len()
                 ));
             }
             if peer.state == State::Closing && peer.writing != Writing::Blocked {
@@ -602,10 +602,10 @@ impl Run {
             }
             // A queue may pass --max-pending in one call, before its first write; after a
             // write the kernel refused, or at the end of a turn, it may not.
-            if peer.out.len() > self.max_pending
+            if peer.owed.len() > self.max_pending
                 && (peer.writing == Writing::Blocked || call == Call::Flush)
             {
-                self.fail(format!("client {c}: {} bytes queued", peer.out.len()));
+                self.fail(format!("client {c}: {} bytes queued", peer.owed.len()));
             }
             if let Some(misuse) = peer.socket.misuse {
                 self.fail(format!("client {c}: {misuse}"));
@@ -679,7 +679,7 @@ impl Run {
             .map(|&key| {
                 let peer = self.engine.peer(key).expect("in the table");
                 let unread: usize = peer.socket.input.iter().map(Vec::len).sum();
-                unread + peer.framer.held() + peer.out.len()
+                unread + peer.framer.held() + peer.owed.len()
             })
             .sum();
         (self.accepted.len(), bytes, self.by_key.len())
@@ -689,7 +689,7 @@ impl Run {
     fn is_quiet(&self) -> bool {
         self.by_key.keys().all(|&key| {
             let peer = self.engine.peer(key).expect("in the table");
-            peer.out.is_empty()
+            peer.owed.is_empty()
                 && (peer.state != State::Open
                     || (peer.socket.input.is_empty()
                         && !peer.socket.eof
@@ -704,7 +704,7 @@ impl Run {
                 None => {
                     let peer = self.engine.peer(client.key).expect("in the table");
                     let mut queued = peer.socket.sent.clone();
-                    queued.extend_from_slice(&peer.out.bytes);
+                    queued.extend_from_slice(&peer.owed.bytes);
                     tags_in(&queued)
                 }
             };
