@@ -21,6 +21,8 @@
 
 mod admission;
 pub mod deadlines;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
 mod flow;
 mod peer;
 mod stats;

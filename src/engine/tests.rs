@@ -1,60 +1,12 @@
 //! The engine driven without a network: fake sockets, and time passed in by hand, so that
 //! rates, quiet periods, timeouts and full sockets are tested exactly and at once.
 
-use std::collections::VecDeque;
-use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::fake::FakeSocket as Fake;
 use super::*;
 use crate::config::{self, Parsed};
-
-/// A socket as the engine sees it: input to hand out, what it was sent, whether it is full.
-#[derive(Default)]
-struct Fake {
-    input: VecDeque<Vec<u8>>,
-    /// The client has closed its side: reads end once `input` is taken.
-    eof: bool,
-    sent: Vec<u8>,
-    full: bool,
-    /// Takes at most this many bytes, then is full (a client that reads slowly).
-    take: Option<usize>,
-    /// The engine sent its end of the stream.
-    shut: bool,
-}
-
-impl Socket for Fake {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(chunk) = self.input.front_mut() else {
-            return if self.eof {
-                Ok(0)
-            } else {
-                Err(io::ErrorKind::WouldBlock.into())
-            };
-        };
-        let n = chunk.len().min(buf.len());
-        buf[..n].copy_from_slice(&chunk[..n]);
-        chunk.drain(..n);
-        if chunk.is_empty() {
-            self.input.pop_front();
-        }
-        Ok(n)
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        if self.full {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = self.take.map_or(bytes.len(), |most| most.min(bytes.len()));
-        self.full = self.take.is_some();
-        self.sent.extend_from_slice(&bytes[..n]);
-        Ok(n)
-    }
-
-    fn shutdown_write(&mut self) {
-        self.shut = true;
-    }
-}
 
 struct Harness {
     engine: Engine<Fake>,
@@ -79,7 +31,7 @@ impl Harness {
         let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let key = self
             .engine
-            .join(Fake::default(), addr, self.now)
+            .join(Fake::new(0), addr, self.now)
             .ok()
             .expect("admitted");
         self.turn();
@@ -190,7 +142,7 @@ fn a_reader_that_stalls_is_dropped_and_nobody_else_loses_anything() {
     let (a, b, c) = (h.connect(), h.connect(), h.connect());
     h.take(a);
     h.take(b);
-    h.engine.socket_mut(c).unwrap().full = true;
+    h.engine.socket_mut(c).unwrap().room = 0;
     for i in 0..40 {
         h.send(
             a,
@@ -233,7 +185,7 @@ fn a_reader_that_stalls_is_dropped_and_nobody_else_loses_anything() {
 fn a_leaving_client_that_never_reads_is_closed_after_the_linger() {
     let mut h = Harness::new(&[]);
     let a = h.connect();
-    h.engine.socket_mut(a).unwrap().full = true;
+    h.engine.socket_mut(a).unwrap().room = 0;
     h.send(a, b"exit\n");
     assert_eq!(h.engine.peer(a).unwrap().state, State::Closing);
     h.at(LINGER - ms(10));
@@ -251,21 +203,19 @@ fn a_leaving_client_that_never_reads_is_closed_after_the_linger() {
 fn a_leaving_client_that_reads_slowly_is_not_cut_off() {
     let mut h = Harness::new(&["-m", "echo"]);
     let a = h.connect();
-    h.engine.socket_mut(a).unwrap().full = true;
+    h.engine.socket_mut(a).unwrap().room = 0;
     h.send(a, &[b'x'; 1000]);
     h.engine.socket_mut(a).unwrap().eof = true;
     h.engine.read(a, h.now);
-    h.engine.socket_mut(a).unwrap().take = Some(150);
     for second in 1..=5 {
         // It reads a little every second, for longer than the linger.
         h.at(Duration::from_secs(second));
-        h.engine.socket_mut(a).unwrap().full = false;
+        h.engine.socket_mut(a).unwrap().room = 150;
         h.engine.writable(a);
         assert!(h.turn().is_empty(), "cut off at second {second}");
     }
     h.at(Duration::from_secs(6));
-    h.engine.socket_mut(a).unwrap().take = None;
-    h.engine.socket_mut(a).unwrap().full = false;
+    h.engine.socket_mut(a).unwrap().room = usize::MAX;
     h.engine.writable(a);
     let closed = h.turn();
     assert_eq!(closed.len(), 1, "closed once everything is read");
@@ -276,7 +226,7 @@ fn a_leaving_client_that_reads_slowly_is_not_cut_off() {
 fn a_leaving_client_that_reads_gets_its_goodbye_then_the_close() {
     let mut h = Harness::new(&[]);
     let a = h.connect();
-    h.engine.socket_mut(a).unwrap().full = true;
+    h.engine.socket_mut(a).unwrap().room = 0;
     h.send(a, b"/quit\n");
     // Lines it sends after quitting are read and thrown away: left unread, they would turn
     // the close into a reset that can destroy the goodbye on its way.
@@ -285,7 +235,7 @@ fn a_leaving_client_that_reads_gets_its_goodbye_then_the_close() {
         .unwrap()
         .input
         .push_back(b"more\nand more\n".to_vec());
-    h.engine.socket_mut(a).unwrap().full = false;
+    h.engine.socket_mut(a).unwrap().room = usize::MAX;
     h.engine.writable(a);
     assert!(
         h.turn().is_empty(),
@@ -301,7 +251,7 @@ fn a_leaving_client_that_reads_gets_its_goodbye_then_the_close() {
         "[SERVER] Bye!\n"
     );
     assert!(
-        peer.socket.shut && peer.socket.input.is_empty(),
+        peer.socket.fin && peer.socket.input.is_empty(),
         "its end sent, its input taken"
     );
     assert_eq!(h.hang_up(a).len(), 1, "closed when the client closes");
@@ -324,7 +274,7 @@ fn idle_clients_are_dropped_and_talkers_kept() {
             "[SERVER] Error: idle for 10 s, disconnecting"
         ]
     );
-    assert!(h.engine.peer(silent).unwrap().socket.shut);
+    assert!(h.engine.peer(silent).unwrap().socket.fin);
     assert_eq!(
         h.take(a),
         ["[SERVER] Client: guest2 disconnected (idle for 10 s)"]
@@ -362,7 +312,7 @@ fn a_timer_set_for_a_closed_client_does_not_fire_for_the_next_one_in_its_slot() 
 fn echo_stops_reading_a_client_that_does_not_read_and_resumes() {
     let mut h = Harness::new(&["-m", "echo", "--max-pending", "100"]);
     let a = h.connect();
-    h.engine.socket_mut(a).unwrap().full = true;
+    h.engine.socket_mut(a).unwrap().room = 0;
     h.send(a, &[b'x'; 300]);
     let peer = h.engine.peer(a).unwrap();
     assert_eq!(
@@ -373,7 +323,7 @@ fn echo_stops_reading_a_client_that_does_not_read_and_resumes() {
         (100, 200),
         "the rest waits in its socket"
     );
-    h.engine.socket_mut(a).unwrap().full = false;
+    h.engine.socket_mut(a).unwrap().room = usize::MAX;
     h.engine.writable(a);
     // One queue's worth a turn: read, written, and read again on the next.
     for _ in 0..3 {
@@ -391,7 +341,7 @@ fn shutdown_tells_everyone_and_waits_for_their_queues() {
     let mut h = Harness::new(&[]);
     let (a, b) = (h.connect(), h.connect());
     h.take(a);
-    h.engine.socket_mut(b).unwrap().full = true;
+    h.engine.socket_mut(b).unwrap().room = 0;
     h.engine.begin_shutdown(h.now);
     h.turn();
     assert_eq!(h.take(a), ["[SERVER] Server shutting down."]);

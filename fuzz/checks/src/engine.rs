@@ -6,87 +6,16 @@
 //! each fake socket received. Other bytes the fuzzer sends never contain `#` and so are never
 //! taken for a tag.
 
-use std::collections::{HashMap, VecDeque};
-use std::io;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use loopchat::config::{self, Parsed};
-use loopchat::engine::{Engine, Peer, Reading, SCRATCH, Socket, State, Writing};
+use loopchat::engine::fake::FakeSocket as Fake;
+use loopchat::engine::{Engine, Peer, Reading, SCRATCH, State, Writing};
 
 use crate::Input;
-
-/// A socket as the engine sees it: input to hand out, what it was sent, how much more it can
-/// take, and whether it fails.
-struct Fake {
-    /// The harness's number for the client, which outlives the engine's key.
-    id: usize,
-    input: VecDeque<Vec<u8>>,
-    eof: bool,
-    sent: Vec<u8>,
-    /// Bytes the socket takes before it is full; `usize::MAX` is never full.
-    room: usize,
-    fail_read: bool,
-    fail_write: bool,
-    /// A read or write failed: the server may drop what it still owed.
-    failed: bool,
-    /// The server ended its direction of the stream (`shutdown_write`).
-    fin: bool,
-    /// What the server did that a socket does not allow.
-    misuse: Option<&'static str>,
-}
-
-impl Socket for Fake {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.fail_read {
-            self.failed = true;
-            return Err(io::ErrorKind::ConnectionReset.into());
-        }
-        let Some(chunk) = self.input.front_mut() else {
-            return if self.eof {
-                Ok(0)
-            } else {
-                Err(io::ErrorKind::WouldBlock.into())
-            };
-        };
-        let n = chunk.len().min(buf.len());
-        buf[..n].copy_from_slice(&chunk[..n]);
-        chunk.drain(..n);
-        if chunk.is_empty() {
-            self.input.pop_front();
-        }
-        Ok(n)
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        if self.fin {
-            // What a real socket says; the harness reports it after the call.
-            self.misuse.get_or_insert("written to after shutdown_write");
-            return Err(io::ErrorKind::BrokenPipe.into());
-        }
-        if self.fail_write {
-            self.failed = true;
-            return Err(io::ErrorKind::BrokenPipe.into());
-        }
-        if self.room == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = bytes.len().min(self.room);
-        self.sent.extend_from_slice(&bytes[..n]);
-        if self.room != usize::MAX {
-            self.room -= n;
-        }
-        Ok(n)
-    }
-
-    fn shutdown_write(&mut self) {
-        if self.fin {
-            self.misuse.get_or_insert("shutdown_write twice");
-        }
-        self.fin = true;
-    }
-}
 
 /// What the harness knows about a client, beyond what the engine shows.
 struct Client {
@@ -380,18 +309,7 @@ impl Run {
             n => SocketAddr::from(([10, 0, 0, n], 40000)),
         };
         let id = self.clients.len();
-        let fake = Fake {
-            id,
-            input: VecDeque::new(),
-            eof: false,
-            sent: Vec::new(),
-            room: usize::MAX,
-            fail_read: false,
-            fail_write: false,
-            failed: false,
-            fin: false,
-            misuse: None,
-        };
+        let fake = Fake::new(id);
         self.call += 1;
         let stopping = self.engine.is_stopping();
         match self.engine.join(fake, addr, self.now) {
