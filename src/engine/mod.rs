@@ -275,7 +275,7 @@ impl<S: Socket> Engine<S> {
             let n = match peer.socket.read(&mut scratch[..want.min(share)]) {
                 Ok(0) if peer.state == State::Draining => {
                     // The client has read our end of the stream and closed its own.
-                    self.close(key);
+                    self.close_now(key);
                     break;
                 }
                 Ok(0) => {
@@ -292,7 +292,7 @@ impl<S: Socket> Engine<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    self.drop_client(key, &e);
+                    self.drop_failed(key, &e);
                     break;
                 }
             };
@@ -332,7 +332,7 @@ impl<S: Socket> Engine<S> {
         while !self.outbox.dirty.is_empty() {
             for key in std::mem::take(&mut self.outbox.dirty) {
                 if let Err(e) = self.write_out(key) {
-                    self.drop_client(key, &e);
+                    self.drop_failed(key, &e);
                 }
             }
             self.drop_overflowed();
@@ -423,7 +423,7 @@ impl<S: Socket> Engine<S> {
         self.deliver();
         match after {
             ConsoleAfter::Continue => {}
-            ConsoleAfter::Close(key) => self.finish(key, None),
+            ConsoleAfter::Close(key) => self.depart(key, None),
             ConsoleAfter::Stats => {
                 for line in notice::stats(&self.stats(now)) {
                     self.print_line(&line);
@@ -549,7 +549,7 @@ impl<S: Socket> Engine<S> {
         self.deliver();
         let keys: Vec<usize> = self.peers.iter().map(|(key, _)| key).collect();
         for key in keys {
-            self.linger(key);
+            self.begin_close(key);
         }
     }
 
@@ -655,7 +655,7 @@ impl<S: Socket> Engine<S> {
         }
     }
 
-    /// After reading: finish a client whose stream ended, or time its unfinished line.
+    /// After reading: a client whose stream ended departs, or time its unfinished line.
     fn after_input(&mut self, key: usize) {
         let Some(peer) = self.peers.get(key) else {
             return;
@@ -668,7 +668,7 @@ impl<S: Socket> Engine<S> {
             // budget lets that line through, if it holds it back).
             self.end_line(key);
             if self.peers.get(key).is_some_and(|p| !p.framer.has_line()) {
-                self.finish(key, None);
+                self.depart(key, None);
             }
         } else if !peer.framer.is_empty()
             && let Some(quiet) = self.config.flush_partial
@@ -701,7 +701,7 @@ impl<S: Socket> Engine<S> {
         self.deliver();
         match verdict {
             Verdict::Stay => {}
-            Verdict::Close => self.finish(key, None),
+            Verdict::Close => self.depart(key, None),
             Verdict::Foreign => self.reject_foreign(key, notice::NOT_HTTP, "sent an HTTP request"),
         }
     }
@@ -710,7 +710,7 @@ impl<S: Socket> Engine<S> {
     fn reject_foreign(&mut self, key: usize, line: &str, reason: &str) {
         self.outbox
             .queue(&mut self.peers, key, format!("{line}\n").as_bytes());
-        self.finish(key, Some(reason));
+        self.depart(key, Some(reason));
     }
 
     // ----- delivering -----
@@ -760,8 +760,8 @@ impl<S: Socket> Engine<S> {
                 self.config.max_pending
             );
             self.counters.too_slow += 1;
-            self.leave(key, Some(&notice::too_slow(unread)));
-            self.close(key);
+            self.announce_departure(key, Some(&notice::too_slow(unread)));
+            self.close_now(key);
         }
     }
 
@@ -781,37 +781,38 @@ impl<S: Socket> Engine<S> {
     }
 
     // ----- leaving -----
+    //
+    // A client departs (on its own, or told to: announced, then closed once its last lines are
+    // written), or is dropped (a socket error, or too slow: announced, closed now). Either way
+    // the departure is announced once, the close begins or happens now, and the socket is
+    // handed back at the end of the turn.
 
-    /// A socket error ends a client: it leaves the room and is closed without flushing.
-    fn drop_client(&mut self, key: usize, error: &io::Error) {
+    /// A socket error ends a client: its departure is announced and it is closed at once.
+    fn drop_failed(&mut self, key: usize, error: &io::Error) {
         if self.peers.get(key).is_some_and(|p| p.state == State::Open) {
             let reason = describe(error);
             self.counters.errors += u64::from(reason.is_some());
-            self.part(key, reason.as_deref());
+            self.announce_departure(key, reason.as_deref());
+            self.deliver();
         }
-        self.close(key);
+        self.close_now(key);
     }
 
-    /// A client leaves: announced (with the reason, if the server ends it), out of the room,
+    /// A client departs: announced (with the reason, if the server ends it), out of the room,
     /// not read any more, and closed once its last lines are written or [`LINGER`] is over.
     /// For a client already out of the room (it quit, or was kicked) only the closing is left.
-    fn finish(&mut self, key: usize, reason: Option<&str>) {
+    fn depart(&mut self, key: usize, reason: Option<&str>) {
         if self.peers.get(key).is_none_or(|p| p.state != State::Open) {
             return; // already on its way out
         }
-        self.part(key, reason);
-        self.linger(key);
+        self.announce_departure(key, reason);
+        self.deliver();
+        self.begin_close(key);
         self.arm(key, Timer::Linger, self.now + LINGER);
     }
 
-    /// The departure is announced and delivered.
-    fn part(&mut self, key: usize, reason: Option<&str>) {
-        self.leave(key, reason);
-        self.deliver();
-    }
-
     /// The announcement of a departure, as the service has it.
-    fn leave(&mut self, key: usize, reason: Option<&str>) {
+    fn announce_departure(&mut self, key: usize, reason: Option<&str>) {
         if let Some(peer) = self.peers.get(key) {
             self.service
                 .leave(key, peer.addr, reason, &mut self.deliveries);
@@ -819,7 +820,7 @@ impl<S: Socket> Engine<S> {
     }
 
     /// Stops reading a client; it is closed once its queue is written.
-    fn linger(&mut self, key: usize) {
+    fn begin_close(&mut self, key: usize) {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
@@ -833,7 +834,7 @@ impl<S: Socket> Engine<S> {
     }
 
     /// Closes a client now, dropping whatever it is still owed.
-    fn close(&mut self, key: usize) {
+    fn close_now(&mut self, key: usize) {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
@@ -892,7 +893,7 @@ impl<S: Socket> Engine<S> {
         if peer.state == State::Closing {
             if peer.reading == Reading::Ended {
                 // It has sent all it will send: nothing unread can turn the close into a reset.
-                self.close(key);
+                self.close_now(key);
             } else {
                 // Our end of the stream goes after every byte; then wait for its end, reading
                 // and discarding. Closing a socket with input unread sends a reset instead,
@@ -957,7 +958,7 @@ impl<S: Socket> Engine<S> {
             return self.arm(key, Timer::Linger, due);
         }
         log::debug!("{} did not read its last lines in time", peer.addr);
-        self.close(key);
+        self.close_now(key);
     }
 
     fn check_idle(&mut self, key: usize) {
@@ -978,7 +979,7 @@ impl<S: Socket> Engine<S> {
             key,
             format!("{}\n", notice::idle(secs)).as_bytes(),
         );
-        self.finish(key, Some(&notice::idle_reason(secs)));
+        self.depart(key, Some(&notice::idle_reason(secs)));
     }
 }
 
