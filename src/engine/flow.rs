@@ -91,13 +91,12 @@ impl Flow {
         }
     }
 
-    /// Whether a queue of `before` bytes that grows by `n` reaches the member's mark.
-    pub fn fills(&self, before: usize, n: usize) -> bool {
-        before < self.member_high && before + n >= self.member_high
+    /// The member's mark: a queue of this many bytes holds the room's input back.
+    pub fn member_high(&self) -> usize {
+        self.member_high
     }
 
-    /// Queues grew by `n` bytes in all, and `filled` of them reached the member's mark
-    /// ([`Flow::fills`]).
+    /// Queues grew by `n` bytes in all, and `filled` of them reached the member's mark.
     pub fn queued(&mut self, n: usize, filled: usize) {
         self.owed += n;
         self.full += filled;
@@ -289,9 +288,9 @@ mod tests {
     fn holds_at_the_high_marks_and_lets_go_below_the_low_one() {
         let t0 = Instant::now();
         let mut f = Flow::new(1000);
-        f.queued(999, usize::from(f.fills(0, 999)));
+        f.queued(999, 0);
         assert!(!f.recheck(0, 0, t0));
-        f.queued(1, usize::from(f.fills(999, 1)));
+        f.queued(1, 1); // 999 + 1 reaches the mark of 1000
         assert!(f.recheck(0, 0, t0), "one queue at the member's mark");
         f.taken(1000, 1000);
         assert!(!f.recheck(0, 0, t0));

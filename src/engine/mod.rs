@@ -737,7 +737,7 @@ impl<S: Socket> Engine<S> {
                     To::All => None,
                 };
                 self.print(&bytes);
-                let mut tally = Tally::default();
+                let mut tally = self.outbox.tally(bytes.len());
                 for key in self.service.members().filter(|&k| Some(k) != except) {
                     self.outbox
                         .queue_to(&mut self.peers, key, &bytes, &mut tally);
@@ -1000,7 +1000,7 @@ impl Outbox {
     /// `--max-pending` while its socket refuses more. A queue that grew in one turn, before
     /// its first write, is written first (see `write_out`).
     fn queue<S>(&mut self, peers: &mut Slab<Peer<S>>, key: usize, bytes: &[u8]) {
-        let mut tally = Tally::default();
+        let mut tally = self.tally(bytes.len());
         self.queue_to(peers, key, bytes, &mut tally);
         self.count(tally);
     }
@@ -1024,21 +1024,34 @@ impl Outbox {
         }
         let out = &mut peer.owed;
         let before = out.len();
-        if before + bytes.len() > self.max_pending && peer.writing == Writing::Blocked {
+        if before > tally.most_before && peer.writing == Writing::Blocked {
             peer.overflowed = true;
             self.overflowed.push(key);
             return;
         }
         out.bytes.extend_from_slice(bytes);
-        tally.owed += bytes.len();
-        tally.full += usize::from(self.flow.fills(before, bytes.len()));
+        // Reaches the member's mark now: before < mark <= before + size, in one comparison.
+        tally.full += usize::from(tally.last_below_mark.wrapping_sub(before) < tally.size);
         tally.lines += 1;
         self.mark_dirty(peer, key);
     }
 
+    /// The limits one line of `size` bytes is checked against, worked out once for all its
+    /// recipients.
+    fn tally(&self, size: usize) -> Tally {
+        Tally {
+            size,
+            most_before: self.max_pending.saturating_sub(size),
+            last_below_mark: self.flow.member_high() - 1,
+            full: 0,
+            lines: 0,
+        }
+    }
+
     fn count(&mut self, tally: Tally) {
         self.lines_out += tally.lines;
-        self.flow.queued(tally.owed, tally.full);
+        let owed = tally.size * usize::try_from(tally.lines).unwrap_or(usize::MAX);
+        self.flow.queued(owed, tally.full);
     }
 
     /// Puts a connection on the list to write this turn, unless it is there already or its
@@ -1051,12 +1064,18 @@ impl Outbox {
     }
 }
 
-/// What one delivery added, for the room's budget and `/stats`.
-#[derive(Default)]
+/// One line's delivery to its recipients: the limits it is checked against, and what it added,
+/// counted once at the end ([`Outbox::count`]). A broadcast's loop over the members thus does
+/// no more than copy, compare and add.
 struct Tally {
-    owed: usize,
+    size: usize,
+    /// A queue longer than this before the line overflows `--max-pending` with it.
+    most_before: usize,
+    /// The member's mark, less one.
+    last_below_mark: usize,
     /// Queues that reached the member's mark.
     full: usize,
+    /// Recipients.
     lines: u64,
 }
 
