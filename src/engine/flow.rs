@@ -15,8 +15,8 @@
 //! total bounds the server's memory, the largest queue keeps every reader that keeps up far
 //! below `--max-pending`, so only a reader that stops reading can ever reach it.
 //!
-//! A client keeps up while its queue empties now and then. One whose queue has not been empty
-//! for [`BEHIND_AFTER`] is *behind*: what it is owed stops counting, so a client that never
+//! A client keeps up while its queue empties now and then. One whose socket has refused bytes
+//! for [`BEHIND_AFTER`] without its queue emptying in between is *behind*: what it is owed stops counting, so a client that never
 //! reads holds the room back for a moment, not for ever; it goes on being queued to until
 //! `--max-pending`, and is dropped there as before. It keeps up again when its queue empties.
 //!
@@ -36,7 +36,8 @@ use crate::config::flow::{BEHIND_AFTER, ROOM_HIGH_WATER, ROOM_LOW_WATER};
 pub enum Pace {
     /// Its queue empties now and then: the room waits for it.
     Keeping,
-    /// Its queue has not emptied for [`BEHIND_AFTER`]: the room goes on without it.
+    /// Its socket has refused bytes for [`BEHIND_AFTER`], its queue never emptying: the room
+    /// goes on without it.
     Behind,
 }
 
@@ -225,7 +226,8 @@ impl Flow {
         }
     }
 
-    /// Whether a client whose queue has not been empty since `since` is behind at `now`.
+    /// Whether a client whose socket has refused bytes since `since`, its queue never emptying,
+    /// is behind at `now`.
     pub fn is_behind(since: Instant, now: Instant) -> bool {
         now.saturating_duration_since(since) >= BEHIND_AFTER
     }
