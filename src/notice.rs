@@ -8,6 +8,8 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::engine::stats::Counters;
+
 /// The first line on standard output; tests and scripts read the port from it.
 pub fn listening(addr: SocketAddr) -> String {
     format!("[SERVER] Listening on {addr}")
@@ -170,6 +172,7 @@ pub fn flow_flowing(held: Duration) -> String {
 /// per second since the previous `/stats` (or the start).
 pub fn stats(s: &Stats) -> [String; 4] {
     let flow = if s.holding { "holding" } else { "flowing" };
+    let c = &s.counters;
     [
         format!(
             "[SERVER] Stats: {} clients, {} sockets, up {} s",
@@ -177,7 +180,7 @@ pub fn stats(s: &Stats) -> [String; 4] {
         ),
         format!(
             "[SERVER]   in {} lines ({:.0}/s), out {} lines ({:.0}/s), {} bytes written",
-            s.lines_in, s.lines_in_per_sec, s.lines_out, s.lines_out_per_sec, s.bytes_out
+            c.lines_in, s.lines_in_per_sec, c.lines_out, s.lines_out_per_sec, c.bytes_out
         ),
         format!(
             "[SERVER]   owed {} bytes, largest queue {}; flow control {flow}: {} senders waiting, {} holds, {:.1} s held",
@@ -185,7 +188,7 @@ pub fn stats(s: &Stats) -> [String; 4] {
         ),
         format!(
             "[SERVER]   dropped {} too slow, {} idle, {} on errors; refused {} full, {} per address, {} connection rate",
-            s.too_slow, s.idle, s.errors, s.refused_full, s.refused_per_address, s.refused_rate
+            c.too_slow, c.idle, c.errors, c.refused_full, c.refused_per_address, c.refused_rate
         ),
     ]
 }
@@ -195,23 +198,15 @@ pub struct Stats {
     pub clients: usize,
     pub sockets: usize,
     pub uptime_secs: u64,
-    pub lines_in: u64,
+    pub counters: Counters,
     pub lines_in_per_sec: f64,
-    pub lines_out: u64,
     pub lines_out_per_sec: f64,
-    pub bytes_out: u64,
     pub owed: usize,
     pub largest: usize,
     pub holding: bool,
     pub waiting: usize,
     pub holds: u64,
     pub held_secs: f64,
-    pub too_slow: u64,
-    pub idle: u64,
-    pub errors: u64,
-    pub refused_full: u64,
-    pub refused_per_address: u64,
-    pub refused_rate: u64,
 }
 
 /// A console line for every client.

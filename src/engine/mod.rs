@@ -25,7 +25,7 @@ pub mod deadlines;
 pub mod fake;
 mod flow;
 mod peer;
-mod stats;
+pub mod stats;
 
 use std::io;
 use std::net::SocketAddr;
@@ -446,28 +446,20 @@ impl<S: Socket> Engine<S> {
             clients: self.open,
             sockets: self.peers.len(),
             uptime_secs: now.saturating_duration_since(self.started).as_secs(),
-            lines_in: c.lines_in,
+            counters: c,
             lines_in_per_sec,
-            lines_out: c.lines_out,
             lines_out_per_sec,
-            bytes_out: c.bytes_out,
             owed,
             largest,
             holding: flow.is_holding(),
             waiting: flow.waiting(),
             holds: flow.holds,
             held_secs: flow.held_for.as_secs_f64(),
-            too_slow: c.too_slow,
-            idle: c.idle,
-            errors: c.errors,
-            refused_full: c.refused_full,
-            refused_per_address: c.refused_per_address,
-            refused_rate: c.refused_rate,
         }
     }
 
-    /// While input is held back: clients whose queue has not emptied for a while stop holding
-    /// the room (see `flow.rs`).
+    /// While input is held back: clients whose socket has refused bytes for a while, their
+    /// queue never emptying, stop holding the room (see `flow.rs`).
     fn sweep_behind(&mut self) {
         for (key, peer) in self.peers.iter_mut() {
             if peer.owed.pace == Pace::Keeping
