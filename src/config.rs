@@ -128,8 +128,9 @@ pub mod flow {
     /// up therefore never gets near `--max-pending`: only one that stops reading does.
     pub const MEMBER_HIGH_WATER: usize = 64 << 10;
     /// A client whose socket has refused bytes for this long, its queue never emptying in
-    /// between, is behind: the room stops waiting for it (it is dropped at `--max-pending` as before). A reader on loopback or a LAN
-    /// empties its queue on every turn; this only has to be long next to a turn.
+    /// between, is behind: the room stops waiting for it (it is dropped at `--max-pending` as
+    /// before). A reader on loopback or a LAN empties its queue on every turn; this only has to
+    /// be long next to a turn.
     pub const BEHIND_AFTER: Duration = Duration::from_millis(250);
 
     /// The member's mark, never more than half of `--max-pending`, so that a small

@@ -204,7 +204,8 @@ impl Room {
     }
 }
 
-fn push(out: &mut Vec<Delivery>, to: To, line: String) {
+/// Appends one line to deliver.
+pub(crate) fn push(out: &mut Vec<Delivery>, to: To, line: String) {
     out.push(Delivery { to, line });
 }
 

@@ -8,7 +8,7 @@ use crate::ack::{self, Answer};
 use crate::command::ConsoleCommand;
 use crate::config::Mode;
 use crate::notice;
-use crate::room::{After, ClientId, ConsoleAfter, Delivery, Room, To};
+use crate::room::{After, ClientId, ConsoleAfter, Delivery, Room, To, push};
 
 pub struct Service {
     mode: Mode,
@@ -102,16 +102,16 @@ impl Service {
     }
 }
 
-fn push(out: &mut Vec<Delivery>, to: To, line: String) {
-    out.push(Delivery { to, line });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn service(mode: Mode) -> Service {
         Service::new(mode, Room::new("Welcome!", 100))
+    }
+
+    fn lines(out: &[Delivery]) -> Vec<(To, &str)> {
+        out.iter().map(|o| (o.to, o.line.as_str())).collect()
     }
 
     #[test]
@@ -123,9 +123,8 @@ mod tests {
         assert_eq!(s.line(1, addr, b"hola", &mut out), After::Stay);
         assert_eq!(s.line(1, addr, b"exit", &mut out), After::Close);
         s.leave(1, addr, None, &mut out);
-        let lines: Vec<(To, &str)> = out.iter().map(|o| (o.to, o.line.as_str())).collect();
         assert_eq!(
-            lines,
+            lines(&out),
             [
                 (To::Transcript, "[SERVER] Client: 127.0.0.1:4000 connected!"),
                 (To::One(1), "received: hola"),
@@ -150,9 +149,8 @@ mod tests {
         out.clear();
         s.line(1, addr, b"hi", &mut out);
         s.relay("127.0.0.1:9".parse().unwrap(), "by udp", &mut out);
-        let lines: Vec<(To, &str)> = out.iter().map(|o| (o.to, o.line.as_str())).collect();
         assert_eq!(
-            lines,
+            lines(&out),
             [
                 (To::Others(1), "guest1: hi"),
                 (To::All, "127.0.0.1:9: by udp")

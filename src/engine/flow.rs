@@ -16,9 +16,10 @@
 //! below `--max-pending`, so only a reader that stops reading can ever reach it.
 //!
 //! A client keeps up while its queue empties now and then. One whose socket has refused bytes
-//! for [`BEHIND_AFTER`] without its queue emptying in between is *behind*: what it is owed stops counting, so a client that never
-//! reads holds the room back for a moment, not for ever; it goes on being queued to until
-//! `--max-pending`, and is dropped there as before. It keeps up again when its queue empties.
+//! for [`BEHIND_AFTER`] without its queue emptying in between is *behind*: what it is owed
+//! stops counting, so a client that never reads holds the room back for a moment, not for
+//! ever; it goes on being queued to until `--max-pending`, and is dropped there as before. It
+//! keeps up again when its queue empties.
 //!
 //! [`ROOM_HIGH_WATER`]: crate::config::flow::ROOM_HIGH_WATER
 //! [`ROOM_LOW_WATER`]: crate::config::flow::ROOM_LOW_WATER

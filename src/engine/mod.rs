@@ -120,7 +120,6 @@ impl<S: Socket> Engine<S> {
                 dirty: Vec::new(),
                 overflowed: Vec::new(),
                 flow: Flow::new(config::flow::member_high_water(config.max_pending)),
-                lines_out: 0,
             },
             ready: Vec::new(),
             closed: Vec::new(),
@@ -435,10 +434,7 @@ impl<S: Socket> Engine<S> {
 
     /// The figures `/stats` shows.
     fn stats(&mut self, now: Instant) -> notice::Stats {
-        let c = Counters {
-            lines_out: self.outbox.lines_out,
-            ..self.counters
-        };
+        let c = self.counters;
         let (lines_in_per_sec, lines_out_per_sec) = self.rates.take(&c, now);
         let (owed, largest) = self.owed();
         let flow = &self.outbox.flow;
@@ -597,7 +593,9 @@ impl<S: Socket> Engine<S> {
             return; // on its way out: input is discarded
         }
         if self.service.is_echo() {
-            return self.outbox.queue(&mut self.peers, key, bytes);
+            return self
+                .outbox
+                .queue(&mut self.peers, key, bytes, &mut self.counters);
         }
         if first_read && framing::is_tls_hello(bytes) {
             return self.reject_foreign(key, notice::NOT_TLS, "sent a TLS handshake");
@@ -700,8 +698,9 @@ impl<S: Socket> Engine<S> {
 
     /// A client speaking another protocol gets one line of explanation and is closed.
     fn reject_foreign(&mut self, key: usize, line: &str, reason: &str) {
+        let bytes = format!("{line}\n");
         self.outbox
-            .queue(&mut self.peers, key, format!("{line}\n").as_bytes());
+            .queue(&mut self.peers, key, bytes.as_bytes(), &mut self.counters);
         self.depart(key, Some(reason));
     }
 
@@ -718,7 +717,8 @@ impl<S: Socket> Engine<S> {
                 bytes.push(b'\n'); // once per line, not once per recipient
                 let except = match to {
                     To::One(key) => {
-                        self.outbox.queue(&mut self.peers, key, &bytes);
+                        self.outbox
+                            .queue(&mut self.peers, key, &bytes, &mut self.counters);
                         continue;
                     }
                     To::Transcript => {
@@ -734,7 +734,7 @@ impl<S: Socket> Engine<S> {
                     self.outbox
                         .queue_to(&mut self.peers, key, &bytes, &mut tally);
                 }
-                self.outbox.count(tally);
+                self.outbox.count(tally, &mut self.counters);
             }
             if self.deliveries.is_empty() {
                 self.deliveries = batch; // keep the capacity
@@ -970,31 +970,37 @@ impl<S: Socket> Engine<S> {
             &mut self.peers,
             key,
             format!("{}\n", notice::idle(secs)).as_bytes(),
+            &mut self.counters,
         );
         self.depart(key, Some(&notice::idle_reason(secs)));
     }
 }
 
 /// What is owed and to whom: the connections to write before the next poll, those whose
-/// queue overflowed, and the room's budget. Apart from the table of peers, so that a broadcast
+/// queue overflowed, and the room's budget. (What went out is counted in the engine's
+/// [`Counters`], which the caller lends.) Apart from the table of peers, so that a broadcast
 /// can queue to every member while it walks the room.
 struct Outbox {
     max_pending: usize,
     dirty: Vec<usize>,
     overflowed: Vec<usize>,
     flow: Flow,
-    /// Lines queued, one per recipient.
-    lines_out: u64,
 }
 
 impl Outbox {
     /// Appends bytes to what a client is owed, or notes that its queue overflowed: over
     /// `--max-pending` while its socket refuses more. A queue that grew in one turn, before
     /// its first write, is written first (see `write_out`).
-    fn queue<S>(&mut self, peers: &mut Slab<Peer<S>>, key: usize, bytes: &[u8]) {
+    fn queue<S>(
+        &mut self,
+        peers: &mut Slab<Peer<S>>,
+        key: usize,
+        bytes: &[u8],
+        counters: &mut Counters,
+    ) {
         let mut tally = self.tally(bytes.len());
         self.queue_to(peers, key, bytes, &mut tally);
-        self.count(tally);
+        self.count(tally, counters);
     }
 
     /// [`Outbox::queue`] for one of many recipients: what the room's budget must count is
@@ -1014,14 +1020,13 @@ impl Outbox {
         if matches!(peer.state, State::Draining | State::Closed) || peer.overflowed {
             return;
         }
-        let out = &mut peer.owed;
-        let before = out.len();
+        let before = peer.owed.len();
         if before > tally.most_before && peer.writing == Writing::Blocked {
             peer.overflowed = true;
             self.overflowed.push(key);
             return;
         }
-        out.bytes.extend_from_slice(bytes);
+        peer.owed.bytes.extend_from_slice(bytes);
         // Reaches the member's mark now: before < mark <= before + size, in one comparison.
         tally.full += usize::from(tally.last_below_mark.wrapping_sub(before) < tally.size);
         tally.lines += 1;
@@ -1040,10 +1045,10 @@ impl Outbox {
         }
     }
 
-    fn count(&mut self, tally: Tally) {
-        self.lines_out += tally.lines;
-        let owed = tally.size * usize::try_from(tally.lines).unwrap_or(usize::MAX);
-        self.flow.queued(owed, tally.full);
+    /// Counts what a line's delivery added: for the room's budget, and for `/stats`.
+    fn count(&mut self, tally: Tally, counters: &mut Counters) {
+        counters.lines_out += tally.lines as u64;
+        self.flow.queued(tally.size * tally.lines, tally.full);
     }
 
     /// Puts a connection on the list to write this turn, unless it is there already or its
@@ -1068,7 +1073,7 @@ struct Tally {
     /// Queues that reached the member's mark.
     full: usize,
     /// Recipients.
-    lines: u64,
+    lines: usize,
 }
 
 /// What a frame means for its connection.

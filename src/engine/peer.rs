@@ -110,21 +110,20 @@ impl<S> Peer<S> {
 
     /// The socket took `n` bytes of what is owed. A client that has taken everything keeps up.
     pub fn wrote(&mut self, n: usize) {
-        let out = &mut self.owed;
-        out.bytes.drain(..n);
-        if out.bytes.is_empty() {
-            out.pace = Pace::Keeping;
-            out.refused_since = None;
-            if out.bytes.capacity() > OUT_KEEP {
-                out.bytes = Vec::new();
+        let owed = &mut self.owed;
+        owed.bytes.drain(..n);
+        if owed.bytes.is_empty() {
+            owed.pace = Pace::Keeping;
+            owed.refused_since = None;
+            if owed.bytes.capacity() > OUT_KEEP {
+                owed.bytes = Vec::new();
             }
         }
     }
 }
 
-/// What a connection is owed, since when, and whether the room waits for it. Touched for every
-/// member of every broadcast, so its fields are kept together, apart from the rest of the
-/// connection: spread over the struct, they cost a cache miss more per delivery.
+/// What a connection is owed, since when its socket refuses more, and whether the room waits
+/// for it.
 pub struct Owed {
     pub bytes: Vec<u8>,
     /// Since when the socket has refused bytes without the queue emptying in between: how long

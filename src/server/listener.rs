@@ -165,10 +165,12 @@ pub fn clients_allowed(fd_limit: u64) -> usize {
 
 /// Keepalive probes sent before a silent peer is declared gone.
 const KEEPALIVE_PROBES: libc::c_int = 3;
+/// The longest idle time Linux takes for `TCP_KEEPIDLE` (tcp(7)); longer asks are cut to it.
+const KEEPALIVE_MAX_IDLE: u64 = 32_767;
 
-/// Turns on TCP keepalive (tcp(7)): after `idle` without traffic the kernel probes the peer
-/// [`KEEPALIVE_PROBES`] times, `idle / 3` apart, and if none is answered the next read fails
-/// with ETIMEDOUT. A peer whose machine vanished is thus gone within about twice `idle`.
+/// Turns on TCP keepalive (tcp(7)): after `idle` (at most [`KEEPALIVE_MAX_IDLE`] s) without
+/// traffic the kernel probes the peer [`KEEPALIVE_PROBES`] times, `idle / 3` apart, and if none
+/// is answered the next read fails with ETIMEDOUT. A peer whose machine vanished is thus gone within about twice `idle`.
 ///
 /// Keepalive only runs on an idle connection: if the peer vanished with our bytes still
 /// unacknowledged, the kernel retransmits for about 15 minutes instead. `TCP_USER_TIMEOUT`,
@@ -177,7 +179,7 @@ const KEEPALIVE_PROBES: libc::c_int = 3;
 /// on the raw descriptor.
 pub fn keepalive(stream: &TcpStream, idle: Duration) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let idle_secs = libc::c_int::try_from(idle.as_secs().max(1)).unwrap_or(libc::c_int::MAX / 2000);
+    let idle_secs = idle.as_secs().clamp(1, KEEPALIVE_MAX_IDLE) as libc::c_int;
     let interval = (idle_secs / 3).max(1);
     let total_ms = (idle_secs + KEEPALIVE_PROBES * interval).saturating_mul(1000);
     let options = [

@@ -305,11 +305,6 @@ impl Server {
     fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr) {
         // Chat lines are small and wanted now: do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        if let Some(idle) = self.keepalive
-            && let Err(e) = listener::keepalive(&stream, idle)
-        {
-            log::debug!("keepalive for {addr}: {e}");
-        }
         let key = self.engine.next_key();
         if let Err(e) = self.poll.registry().register(
             &mut stream,
@@ -320,7 +315,15 @@ impl Server {
             return;
         }
         match self.engine.join(stream, addr, self.now) {
-            Ok(_) => log::debug!("{addr} connected as client {key}"),
+            Ok(_) => {
+                log::debug!("{addr} connected as client {key}");
+                // Only on admitted clients: a connection refused is closed at once.
+                if let (Some(idle), Some(stream)) = (self.keepalive, self.engine.socket_mut(key))
+                    && let Err(e) = listener::keepalive(stream, idle)
+                {
+                    log::debug!("keepalive for {addr}: {e}");
+                }
+            }
             Err((mut stream, refusal)) => {
                 log::info!("refused {addr}: {refusal}");
                 let _ = self.poll.registry().deregister(&mut stream);
