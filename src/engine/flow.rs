@@ -64,7 +64,8 @@ pub struct Flow {
     /// Since when input has been held back, until every waiting client has been served.
     episode: Option<Instant>,
     pub holds: u64,
-    pub held_for: Duration,
+    /// Time senders waited in the episodes that have ended.
+    held_for: Duration,
 }
 
 /// What changed when the room's state was looked at: for the transcript.
@@ -211,6 +212,14 @@ impl Flow {
         }
     }
 
+    /// Time senders have spent waiting, over every episode, the one under way included.
+    pub fn held_for(&self, now: Instant) -> Duration {
+        let current = self
+            .episode
+            .map(|since| now.saturating_duration_since(since));
+        self.held_for + current.unwrap_or_default()
+    }
+
     /// When to look for clients that do not keep up: only while input is held back.
     pub fn sweep_at(&self) -> Option<Instant> {
         self.sweep_at.filter(|_| self.holding)
@@ -352,7 +361,16 @@ mod tests {
         );
         assert_eq!(f.next_waiting(), Some(1));
         assert_eq!(f.next_waiting(), Some(3));
+        assert_eq!(
+            f.held_for(t1),
+            Duration::from_millis(30),
+            "the episode under way"
+        );
         assert_eq!(f.settle(t1), Change::Ended(Duration::from_millis(30)));
+        assert_eq!(
+            f.held_for(t1 + Duration::from_secs(1)),
+            Duration::from_millis(30)
+        );
         assert!(!f.is_contended());
     }
 

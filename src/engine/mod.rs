@@ -450,7 +450,7 @@ impl<S: Socket> Engine<S> {
             holding: flow.is_holding(),
             waiting: flow.waiting(),
             holds: flow.holds,
-            held_secs: flow.held_for.as_secs_f64(),
+            held_secs: flow.held_for(now).as_secs_f64(),
         }
     }
 
