@@ -170,7 +170,8 @@ const KEEPALIVE_MAX_IDLE: u64 = 32_767;
 
 /// Turns on TCP keepalive (tcp(7)): after `idle` (at most [`KEEPALIVE_MAX_IDLE`] s) without
 /// traffic the kernel probes the peer [`KEEPALIVE_PROBES`] times, `idle / 3` apart, and if none
-/// is answered the next read fails with ETIMEDOUT. A peer whose machine vanished is thus gone within about twice `idle`.
+/// is answered the next read fails with ETIMEDOUT. A peer whose machine vanished is thus gone
+/// after `idle` and the probes, about twice `idle` (at least 4 s).
 ///
 /// Keepalive only runs on an idle connection: if the peer vanished with our bytes still
 /// unacknowledged, the kernel retransmits for about 15 minutes instead. `TCP_USER_TIMEOUT`,
