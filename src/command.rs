@@ -14,11 +14,24 @@ pub enum Command<'a> {
     /// An action: `/me waves` shows as `* alice waves`.
     Me(&'a str),
     Nick(&'a str),
-    Who,
+    /// Everyone online, or the members of a room.
+    Who(Option<&'a str>),
     Msg {
         to: &'a str,
         text: &'a str,
     },
+    /// Join a room (creating it), or switch to one already joined.
+    Join(&'a str),
+    /// Leave a room; the current one if none is named.
+    Part(Option<&'a str>),
+    Rooms,
+    /// Show a room's topic (`text` is `None`) or set it; the current room if none is named.
+    Topic {
+        room: Option<&'a str>,
+        text: Option<&'a str>,
+    },
+    /// Replay a room's history again; the current room if none is named.
+    History(Option<&'a str>),
     Help,
     Quit,
     /// A `/word` that is not a command.
@@ -32,7 +45,13 @@ pub enum Command<'a> {
 pub enum ConsoleCommand<'a> {
     /// Text for every client, shown as `SERVER: text`.
     Say(&'a str),
-    Who,
+    /// Text for one room.
+    SayIn {
+        room: &'a str,
+        text: &'a str,
+    },
+    Who(Option<&'a str>),
+    Rooms,
     Stats,
     Kick(&'a str),
     Shutdown,
@@ -54,6 +73,9 @@ pub const USAGE_NICK: &str = "/nick NAME";
 pub const USAGE_MSG: &str = "/msg NAME TEXT";
 pub const USAGE_ME: &str = "/me TEXT";
 pub const USAGE_KICK: &str = "/kick NAME";
+pub const USAGE_JOIN: &str = "/join #ROOM";
+pub const USAGE_PART: &str = "/part [#ROOM]";
+pub const USAGE_SAY: &str = "/say #ROOM TEXT";
 
 /// Parses a client's line (already cleaned and not blank).
 pub fn parse(line: &str) -> Command<'_> {
@@ -67,7 +89,7 @@ pub fn parse(line: &str) -> Command<'_> {
     // Commands are rare next to messages: a lowercase copy of the name costs nothing here.
     match name.to_ascii_lowercase().as_str() {
         "nick" => one_word(arg).map_or(Command::Usage(USAGE_NICK), Command::Nick),
-        "who" => Command::Who,
+        "who" => Command::Who(room_arg(arg)),
         "msg" => match arg.split_once(char::is_whitespace) {
             Some((to, text)) => Command::Msg {
                 to,
@@ -77,6 +99,29 @@ pub fn parse(line: &str) -> Command<'_> {
         },
         "me" if arg.is_empty() => Command::Usage(USAGE_ME),
         "me" => Command::Me(rest.trim_start()),
+        "join" => one_word(arg).map_or(Command::Usage(USAGE_JOIN), Command::Join),
+        "part" if arg.is_empty() => Command::Part(None),
+        "part" => one_word(arg).map_or(Command::Usage(USAGE_PART), |r| Command::Part(Some(r))),
+        "rooms" => Command::Rooms,
+        "topic" => match arg.split_once(char::is_whitespace) {
+            _ if arg.is_empty() => Command::Topic {
+                room: None,
+                text: None,
+            },
+            _ if !arg.starts_with('#') => Command::Topic {
+                room: None,
+                text: Some(arg),
+            },
+            Some((room, text)) => Command::Topic {
+                room: Some(room),
+                text: Some(text.trim_start()),
+            },
+            None => Command::Topic {
+                room: Some(arg),
+                text: None,
+            },
+        },
+        "history" => Command::History(room_arg(arg)),
         "help" => Command::Help,
         "quit" => Command::Quit,
         _ => Command::Unknown(name),
@@ -90,7 +135,15 @@ pub fn parse_console(line: &str) -> ConsoleCommand<'_> {
     };
     let arg = rest.trim();
     match name.to_ascii_lowercase().as_str() {
-        "who" => ConsoleCommand::Who,
+        "who" => ConsoleCommand::Who(room_arg(arg)),
+        "rooms" => ConsoleCommand::Rooms,
+        "say" => match arg.split_once(char::is_whitespace) {
+            Some((room, text)) if room.starts_with('#') => ConsoleCommand::SayIn {
+                room,
+                text: text.trim_start(),
+            },
+            _ => ConsoleCommand::Usage(USAGE_SAY),
+        },
         "stats" => ConsoleCommand::Stats,
         "kick" => one_word(arg).map_or(ConsoleCommand::Usage(USAGE_KICK), ConsoleCommand::Kick),
         "shutdown" => ConsoleCommand::Shutdown,
@@ -113,6 +166,13 @@ fn unescape(line: &str) -> &str {
     line.strip_prefix('/')
         .filter(|rest| rest.starts_with('/'))
         .unwrap_or(line)
+}
+
+/// A room named as the first word (`/who #rust`); other words keep the old meaning of the
+/// command without an argument.
+fn room_arg(arg: &str) -> Option<&str> {
+    let word = arg.split_whitespace().next()?;
+    word.starts_with('#').then_some(word)
 }
 
 /// The argument if it is exactly one word.
@@ -153,7 +213,9 @@ mod tests {
         assert_eq!(parse("/NICK bob"), Nick("bob"));
         assert_eq!(parse("/nick"), Usage(USAGE_NICK));
         assert_eq!(parse("/nick two words"), Usage(USAGE_NICK));
-        assert_eq!(parse("/who"), Who);
+        assert_eq!(parse("/who"), Who(None));
+        assert_eq!(parse("/who everyone"), Who(None), "as before rooms");
+        assert_eq!(parse("/who #Rust"), Who(Some("#Rust")));
         assert_eq!(
             parse("/msg bob  hi there"),
             Msg {
@@ -169,12 +231,47 @@ mod tests {
     }
 
     #[test]
+    fn room_commands() {
+        assert_eq!(parse("/join #rust"), Join("#rust"));
+        assert_eq!(parse("/JOIN rust"), Join("rust"), "the room checks names");
+        assert_eq!(parse("/join"), Usage(USAGE_JOIN));
+        assert_eq!(parse("/join #a #b"), Usage(USAGE_JOIN));
+        assert_eq!(parse("/part"), Part(None));
+        assert_eq!(parse("/part #rust"), Part(Some("#rust")));
+        assert_eq!(parse("/part #a #b"), Usage(USAGE_PART));
+        assert_eq!(parse("/rooms"), Rooms);
+        assert_eq!(parse("/history"), History(None));
+        assert_eq!(parse("/history #rust"), History(Some("#rust")));
+        let topic = |room, text| Topic { room, text };
+        assert_eq!(parse("/topic"), topic(None, None));
+        assert_eq!(parse("/topic #rust"), topic(Some("#rust"), None));
+        assert_eq!(
+            parse("/topic lifetimes  today"),
+            topic(None, Some("lifetimes  today"))
+        );
+        assert_eq!(
+            parse("/topic #rust  #1 topic"),
+            topic(Some("#rust"), Some("#1 topic"))
+        );
+    }
+
+    #[test]
     fn console_commands() {
         assert_eq!(parse_console("hola"), ConsoleCommand::Say("hola"));
         assert_eq!(parse_console("/kick bob"), ConsoleCommand::Kick("bob"));
         assert_eq!(parse_console("/kick"), ConsoleCommand::Usage(USAGE_KICK));
         assert_eq!(parse_console("/shutdown"), ConsoleCommand::Shutdown);
-        assert_eq!(parse_console("/who"), ConsoleCommand::Who);
+        assert_eq!(parse_console("/who"), ConsoleCommand::Who(None));
+        assert_eq!(parse_console("/who #a"), ConsoleCommand::Who(Some("#a")));
+        assert_eq!(parse_console("/rooms"), ConsoleCommand::Rooms);
+        assert_eq!(
+            parse_console("/say #a  hi all"),
+            ConsoleCommand::SayIn {
+                room: "#a",
+                text: "hi all"
+            }
+        );
+        assert_eq!(parse_console("/say hi"), ConsoleCommand::Usage(USAGE_SAY));
         assert_eq!(parse_console("/stats"), ConsoleCommand::Stats);
         assert_eq!(parse_console("/nope"), ConsoleCommand::Unknown("nope"));
     }

@@ -70,6 +70,9 @@ pub struct Config {
     /// Join, leave and rename lines go to the clients only while the room holds at most this
     /// many members; the transcript always gets them.
     pub announce_limit: usize,
+    /// Messages each room keeps for those who join it later (0 = none); bounded in bytes too
+    /// ([`rooms::HISTORY_BYTES`]).
+    pub history: usize,
     /// The first line every client receives.
     pub welcome: String,
     /// Read operator commands from standard input.
@@ -104,6 +107,8 @@ pub mod defaults {
     pub const FLUSH_PARTIAL_MS: u64 = 100;
     /// A room you can still follow join by join.
     pub const ANNOUNCE_LIMIT: usize = 100;
+    /// A screenful and more: what someone walking into a room needs to follow it.
+    pub const HISTORY: usize = 50;
     pub const WELCOME: &str = "Welcome to the best chat in the universe!";
 }
 
@@ -137,6 +142,40 @@ pub mod flow {
     /// `--max-pending` still leaves room between holding input and dropping a client.
     pub fn member_high_water(max_pending: usize) -> usize {
         MEMBER_HIGH_WATER.min(max_pending / 2).max(1)
+    }
+}
+
+/// Rooms (src/chat.rs, src/room.rs; docs/protocol.md, "Rooms"). Not flags: they bound memory
+/// and the length of lines such as `/rooms`, whatever the server is used for.
+pub mod rooms {
+    /// The room every client starts in. Its lines keep the form they had when it was the only
+    /// room: the coursework clients, and the scripts that grade them, read them.
+    pub const LOBBY: &str = "#lobby";
+    /// Rooms one client may be in at once, the lobby included: enough to follow several
+    /// conversations, few enough that joining them all replays a bounded amount of history.
+    pub const PER_CLIENT: usize = 10;
+    /// Rooms on the server at once: with [`HISTORY_BYTES`] each, at most 16 MiB of history.
+    pub const MAX: usize = 1024;
+    /// The longest room name after its `#` (IRC allows 50 with the `#`; 32 fits a line prefix).
+    pub const MAX_NAME: usize = 32;
+    /// The most a room's history holds, counted as each message's text and author plus
+    /// [`HISTORY_ENTRY_OVERHEAD`]: 50 full-size lines fit. Also the most one join replays.
+    pub const HISTORY_BYTES: usize = 16 << 10;
+    /// What a message in the ring costs beyond its text and author (its fields and the
+    /// allocations' headers), so that short messages cannot make the ring's real size many
+    /// times its count.
+    pub const HISTORY_ENTRY_OVERHEAD: usize = 64;
+    /// The most `--history` may ask for; the byte bound is reached first with long lines.
+    pub const MAX_HISTORY: usize = 1000;
+    /// Rooms `/rooms` lists by name; more are counted.
+    pub const LISTED: usize = 100;
+
+    /// The most one join (or `/history`) replays, in bytes: [`HISTORY_BYTES`], but never more
+    /// than a quarter of `--max-pending`. A joiner's queue is below the member's flow-control
+    /// mark (half of `--max-pending`) whenever its next line is read, so replaying can never
+    /// take a reading client past `--max-pending` and get it dropped as too slow.
+    pub fn replay_bytes(max_pending: usize) -> usize {
+        HISTORY_BYTES.min(max_pending / 4)
     }
 }
 
@@ -229,6 +268,12 @@ fn options() -> Options {
         "announce joins and leaves only in rooms up to N",
         "N",
     );
+    o.optopt(
+        "",
+        "history",
+        "messages each room keeps for newcomers, 0 = none",
+        "K",
+    );
     o.optopt("", "welcome", "the first line each client receives", "TEXT");
     o.optflag("", "no-console", "do not read operator commands from stdin");
     o.optflag("q", "quiet", "print only the listening address on stdout");
@@ -243,7 +288,7 @@ pub fn usage(program: &str) -> String {
         "Usage: {program} [options]\n\n\
          A chat server in one event loop. Talk to it with `nc localhost {}`.\n\
          Defaults: --max-line {} --max-clients {} --max-per-ip {} --connect-rate {} \
-         --keepalive {} --max-pending {} --rate {} --flush-partial {} --announce-limit {}",
+         --keepalive {} --max-pending {} --rate {} --flush-partial {} --announce-limit {} --history {}",
         defaults::PORT,
         defaults::MAX_LINE,
         defaults::MAX_CLIENTS,
@@ -254,6 +299,7 @@ pub fn usage(program: &str) -> String {
         defaults::RATE,
         defaults::FLUSH_PARTIAL_MS,
         defaults::ANNOUNCE_LIMIT,
+        defaults::HISTORY,
     );
     options().usage(&brief)
 }
@@ -303,6 +349,13 @@ pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Parsed, UsageEr
     let secs: u64 = number(&m, "idle-timeout", 0)?;
     let ms: u64 = number(&m, "flush-partial", defaults::FLUSH_PARTIAL_MS)?;
     let keepalive: u64 = number(&m, "keepalive", defaults::KEEPALIVE_SECS)?;
+    let history = number(&m, "history", defaults::HISTORY)?;
+    if history > rooms::MAX_HISTORY {
+        return Err(UsageError(format!(
+            "--history: at most {}",
+            rooms::MAX_HISTORY
+        )));
+    }
     Ok(Parsed::Run(Config {
         listen: SocketAddr::new(host, number(&m, "port", defaults::PORT)?),
         mode,
@@ -319,6 +372,7 @@ pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Parsed, UsageEr
         idle_timeout: (secs > 0).then(|| Duration::from_secs(secs)),
         flush_partial: (ms > 0).then(|| Duration::from_millis(ms)),
         announce_limit: number(&m, "announce-limit", defaults::ANNOUNCE_LIMIT)?,
+        history,
         welcome: m
             .opt_str("welcome")
             .unwrap_or_else(|| defaults::WELCOME.into()),
@@ -396,6 +450,7 @@ mod tests {
             &["--host", "nowhere"],
             &["--mode", "telepathy"],
             &["--udp-port", "x"],
+            &["--history", "1001"],
             &["--bogus"],
             &["stray"],
         ] {

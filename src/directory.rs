@@ -106,9 +106,17 @@ impl Directory {
         self.names.is_empty()
     }
 
-    /// The `/who` line: the first names in order, and how many more there are.
+    /// The `/who` line: everyone's first names in order, and how many more there are.
     pub fn who(&self) -> String {
-        let mut names: Vec<&str> = self.names.values().map(String::as_str).collect();
+        let (names, total) = self.list(self.clients());
+        notice::who(&names, total)
+    }
+
+    /// The names of these clients: at most [`notice::WHO_MAX_NAMES`] of them, sorted regardless
+    /// of case, and how many clients there are.
+    pub fn list(&self, ids: impl Iterator<Item = ClientId>) -> (Vec<&str>, usize) {
+        let mut names: Vec<&str> = ids.filter_map(|id| self.name(id)).collect();
+        let total = names.len();
         let by_name = |a: &&str, b: &&str| a.to_ascii_lowercase().cmp(&b.to_ascii_lowercase());
         if names.len() > notice::WHO_MAX_NAMES {
             // Sorting ten thousand names for a line that shows a hundred would be wasted work.
@@ -116,7 +124,7 @@ impl Directory {
             names.truncate(notice::WHO_MAX_NAMES);
         }
         names.sort_unstable_by(by_name);
-        notice::who(&names, self.names.len())
+        (names, total)
     }
 }
 

@@ -21,12 +21,15 @@
 //! - [`client`]: the bundled command-line client.
 
 pub mod ack;
+pub mod chat;
 pub mod client;
 pub mod command;
 pub mod config;
 pub mod directory;
 pub mod engine;
+pub mod event;
 pub mod framing;
+pub mod history;
 pub mod notice;
 pub mod rate;
 pub mod room;

@@ -53,6 +53,95 @@ pub fn who(names: &[&str], total: usize) -> String {
     }
 }
 
+/// `/who #room`, like [`who`].
+pub fn who_in(room: &str, names: &[&str], total: usize) -> String {
+    let listed = names.join(", ");
+    match total - names.len() {
+        0 => format!("[SERVER] {total} in {room}: {listed}"),
+        more => format!("[SERVER] {total} in {room}: {listed}, and {more} more"),
+    }
+}
+
+// Rooms. A line about a room is shown with `[#room] ` before it, except in the lobby (see
+// `event.rs`): these are the words after that.
+
+/// Someone joined the room.
+pub fn joined(name: &str) -> String {
+    format!("[SERVER] {name} joined")
+}
+
+/// Someone left the room with `/part`.
+pub fn parted(name: &str) -> String {
+    format!("[SERVER] {name} left")
+}
+
+/// The first line a joiner gets: then the topic, the history, and the end of the replay.
+pub fn you_joined(room: &str, members: usize) -> String {
+    format!("[SERVER] You joined {room} ({members} here); what you type goes to {room}")
+}
+
+/// `/join` of a room the client is in already.
+pub fn typing_in(room: &str) -> String {
+    format!("[SERVER] What you type goes to {room} now")
+}
+
+pub fn you_left(room: &str, now_in: &str) -> String {
+    format!("[SERVER] You left {room}; what you type goes to {now_in} now")
+}
+
+pub fn topic_is(topic: &str) -> String {
+    format!("[SERVER] Topic: {topic}")
+}
+
+pub const NO_TOPIC: &str = "[SERVER] No topic is set";
+
+pub fn topic_set(name: &str, topic: &str) -> String {
+    format!("[SERVER] {name} set the topic: {topic}")
+}
+
+/// After a replay of a room's history, whether or not it had anything to replay.
+pub fn end_of_history(messages: usize) -> String {
+    format!("[SERVER] End of history ({messages} messages)")
+}
+
+/// The first line of `/rooms`.
+pub fn rooms(count: usize) -> String {
+    format!("[SERVER] {count} rooms:")
+}
+
+/// One room in `/rooms`.
+pub fn room_entry(room: &str, members: usize, topic: Option<&str>) -> String {
+    match topic {
+        Some(topic) => format!("[SERVER]   {room} ({members}): {topic}"),
+        None => format!("[SERVER]   {room} ({members})"),
+    }
+}
+
+/// The last line of `/rooms` when there are more rooms than it lists.
+pub fn more_rooms(more: usize) -> String {
+    format!("[SERVER]   and {more} more")
+}
+
+pub const ROOM_NAME_INVALID: &str =
+    "[SERVER] Error: invalid room name: use # and 1 to 32 of A-Z a-z 0-9 _ -";
+
+pub fn too_many_rooms(most: usize) -> String {
+    format!("[SERVER] Error: you are in {most} rooms, the most allowed: /part one first")
+}
+
+pub const SERVER_ROOMS_FULL: &str =
+    "[SERVER] Error: the server has all the rooms it allows, join one of /rooms";
+
+pub fn no_such_room(room: &str) -> String {
+    format!("[SERVER] Error: no such room: {room} (try /rooms)")
+}
+
+pub fn not_in_room(room: &str) -> String {
+    format!("[SERVER] Error: you are not in {room} (try /join {room})")
+}
+
+pub const LAST_ROOM: &str = "[SERVER] Error: you cannot leave your last room: /join another first";
+
 pub fn private_from(sender: &str, text: &str) -> String {
     format!("[PM from {sender}] {text}")
 }
@@ -61,23 +150,33 @@ pub fn private_to(recipient: &str, text: &str) -> String {
     format!("[PM to {recipient}] {text}")
 }
 
-pub const HELP: [&str; 7] = [
+pub const HELP: [&str; 14] = [
     "[SERVER] Commands:",
-    "[SERVER]   /nick NAME      change your name (1 to 16 of A-Z a-z 0-9 _ -)",
-    "[SERVER]   /who            who is online",
-    "[SERVER]   /msg NAME TEXT  a private message",
-    "[SERVER]   /me TEXT        an action: * you TEXT",
-    "[SERVER]   /quit           leave (so do exit, exit(), :q, #LOGOUT and salir)",
-    "[SERVER]   //TEXT          a message that starts with /",
+    "[SERVER]   /nick NAME          change your name (1 to 16 of A-Z a-z 0-9 _ -)",
+    "[SERVER]   /who [#ROOM]        who is online, or in a room",
+    "[SERVER]   /msg NAME TEXT      a private message",
+    "[SERVER]   /me TEXT            an action: * you TEXT",
+    "[SERVER]   /join #ROOM         join a room (or switch to it): what you type goes there",
+    "[SERVER]   /part [#ROOM]       leave a room (the one you type in)",
+    "[SERVER]   /rooms              the rooms, their members and topics",
+    "[SERVER]   /topic [#ROOM] [TEXT]",
+    "[SERVER]                       show a room's topic, or set it",
+    "[SERVER]   /history [#ROOM]    a room's last messages again",
+    "[SERVER]   /quit               leave (so do exit, exit(), :q, #LOGOUT and salir)",
+    "[SERVER]   //TEXT              a message that starts with /",
+    "[SERVER] You start in #lobby; lines from other rooms start with [#ROOM].",
 ];
 
-pub const CONSOLE_HELP: [&str; 6] = [
+pub const CONSOLE_HELP: [&str; 9] = [
     "[SERVER] Console: a line of text goes to every client as SERVER: TEXT",
-    "[SERVER]   /who            who is online",
-    "[SERVER]   /stats          clients, traffic, flow control, drops",
-    "[SERVER]   /kick NAME      disconnect a client",
-    "[SERVER]   /shutdown       notify everyone and stop",
-    "[SERVER]   //TEXT          send a line that starts with /",
+    "[SERVER]   /say #ROOM TEXT     a line for one room",
+    "[SERVER]   /who [#ROOM]        who is online, or in a room",
+    "[SERVER]   /rooms              the rooms, their members and topics",
+    "[SERVER]   /stats              clients, traffic, flow control, drops",
+    "[SERVER]   /kick NAME          disconnect a client",
+    "[SERVER]   /shutdown           notify everyone and stop",
+    "[SERVER]   //TEXT              send a line that starts with /",
+    "[SERVER] Lines of rooms other than #lobby start with [#ROOM].",
 ];
 
 pub const BYE: &str = "[SERVER] Bye!";

@@ -1,24 +1,26 @@
-//! What the server does with its clients, by `--mode`, behind one seam: the chat room, or the
+//! What the server does with its clients, by `--mode`, behind one seam: the chat, or the
 //! acknowledgement service; echo takes bytes, not lines, and the engine hands them straight
-//! back. Pure: like the room, each call appends to `out` the lines to deliver and to whom.
+//! back. Pure: like the chat, each call appends to `out` the events to deliver and to whom.
 
 use std::net::SocketAddr;
 
 use crate::ack::{self, Answer};
+use crate::chat::{After, Chat, ClientId, ConsoleAfter};
 use crate::command::ConsoleCommand;
 use crate::config::Mode;
+use crate::event::{Delivery, To, push_line};
 use crate::notice;
-use crate::room::{After, ClientId, ConsoleAfter, Delivery, Room, To, push};
+use crate::room::RoomId;
 
 pub struct Service {
     mode: Mode,
-    /// The chat room; in echo and ack mode it stays empty, and the console still works.
-    room: Room,
+    /// The chat; in echo and ack mode it stays empty, and the console still works.
+    chat: Chat,
 }
 
 impl Service {
-    pub fn new(mode: Mode, room: Room) -> Service {
-        Service { mode, room }
+    pub fn new(mode: Mode, chat: Chat) -> Service {
+        Service { mode, chat }
     }
 
     /// Echo: every byte back as received. No framing, no cap, no commands.
@@ -26,17 +28,22 @@ impl Service {
         self.mode == Mode::Echo
     }
 
-    /// Who receives a line for everyone.
-    pub fn members(&self) -> impl Iterator<Item = ClientId> + '_ {
-        self.room.members()
+    /// Who receives an event for a room.
+    pub fn members(&self, room: RoomId) -> impl Iterator<Item = ClientId> + '_ {
+        self.chat.members(room)
+    }
+
+    /// Who receives an event for every client.
+    pub fn everyone(&self) -> impl Iterator<Item = ClientId> + '_ {
+        self.chat.everyone()
     }
 
     /// A new connection: in chat a member with a name; otherwise a line in the transcript.
     pub fn join(&mut self, id: ClientId, addr: SocketAddr, out: &mut Vec<Delivery>) {
         match self.mode {
-            Mode::Chat => self.room.join(id, out),
+            Mode::Chat => self.chat.join(id, out),
             Mode::Echo | Mode::Ack => {
-                push(out, To::Transcript, notice::connected(&addr.to_string()))
+                push_line(out, To::Transcript, notice::connected(&addr.to_string()))
             }
         }
     }
@@ -50,45 +57,47 @@ impl Service {
         out: &mut Vec<Delivery>,
     ) {
         match self.mode {
-            Mode::Chat => self.room.leave(id, reason, out),
+            Mode::Chat => self.chat.leave(id, reason, out),
             Mode::Echo | Mode::Ack => {
                 let line = notice::disconnected(&addr.to_string(), reason);
-                push(out, To::Transcript, line);
+                push_line(out, To::Transcript, line);
             }
         }
     }
 
-    /// A line from a connection (never in echo mode, which does not frame).
+    /// A line from a connection (never in echo mode, which does not frame). `at` is the time
+    /// in seconds since the Unix epoch, for the rooms' history.
     pub fn line(
         &mut self,
         id: ClientId,
         addr: SocketAddr,
         raw: &[u8],
+        at: u64,
         out: &mut Vec<Delivery>,
     ) -> After {
         if self.mode == Mode::Chat {
-            return self.room.receive(id, raw, out);
+            return self.chat.receive(id, raw, at, out);
         }
         match ack::answer(raw) {
             Answer::Ignore => After::Stay,
             Answer::Received { reply, text } => {
-                push(out, To::One(id), reply);
-                push(out, To::Transcript, format!("{addr}: {text}"));
+                push_line(out, To::One(id), reply);
+                push_line(out, To::Transcript, format!("{addr}: {text}"));
                 After::Stay
             }
             Answer::Bye => {
-                push(out, To::One(id), notice::BYE.to_owned());
+                push_line(out, To::One(id), notice::BYE);
                 After::Close
             }
         }
     }
 
-    /// A message that came by UDP from `from`: the room sees it in chat, the transcript
+    /// A message that came by UDP from `from`: the lobby sees it in chat, the transcript
     /// otherwise.
-    pub fn relay(&mut self, from: SocketAddr, text: &str, out: &mut Vec<Delivery>) {
+    pub fn relay(&mut self, from: SocketAddr, text: &str, at: u64, out: &mut Vec<Delivery>) {
         match self.mode {
-            Mode::Chat => self.room.relay(&from.to_string(), text, out),
-            Mode::Echo | Mode::Ack => push(out, To::Transcript, format!("{from}: {text}")),
+            Mode::Chat => self.chat.relay(from, text, at, out),
+            Mode::Echo | Mode::Ack => push_line(out, To::Transcript, format!("{from}: {text}")),
         }
     }
 
@@ -96,9 +105,10 @@ impl Service {
     pub fn console(
         &mut self,
         command: ConsoleCommand<'_>,
+        at: u64,
         out: &mut Vec<Delivery>,
     ) -> ConsoleAfter {
-        self.room.console(command, out)
+        self.chat.console(command, at, out)
     }
 }
 
@@ -106,12 +116,23 @@ impl Service {
 mod tests {
     use super::*;
 
+    use crate::chat::Limits;
+
     fn service(mode: Mode) -> Service {
-        Service::new(mode, Room::new("Welcome!", 100))
+        let limits = Limits {
+            announce: 100,
+            history: 50,
+            replay_bytes: 1 << 14,
+        };
+        Service::new(mode, Chat::new("Welcome!", limits))
     }
 
-    fn lines(out: &[Delivery]) -> Vec<(To, &str)> {
-        out.iter().map(|o| (o.to, o.line.as_str())).collect()
+    fn lines(out: &[Delivery]) -> Vec<(To, String)> {
+        out.iter().map(|o| (o.to, o.event.to_line())).collect()
+    }
+
+    fn line(to: To, line: &str) -> (To, String) {
+        (to, line.to_owned())
     }
 
     #[test]
@@ -120,23 +141,23 @@ mod tests {
         let mut s = service(Mode::Ack);
         let mut out = Vec::new();
         s.join(1, addr, &mut out);
-        assert_eq!(s.line(1, addr, b"hola", &mut out), After::Stay);
-        assert_eq!(s.line(1, addr, b"exit", &mut out), After::Close);
+        assert_eq!(s.line(1, addr, b"hola", 0, &mut out), After::Stay);
+        assert_eq!(s.line(1, addr, b"exit", 0, &mut out), After::Close);
         s.leave(1, addr, None, &mut out);
         assert_eq!(
             lines(&out),
             [
-                (To::Transcript, "[SERVER] Client: 127.0.0.1:4000 connected!"),
-                (To::One(1), "received: hola"),
-                (To::Transcript, "127.0.0.1:4000: hola"),
-                (To::One(1), "[SERVER] Bye!"),
-                (
+                line(To::Transcript, "[SERVER] Client: 127.0.0.1:4000 connected!"),
+                line(To::One(1), "received: hola"),
+                line(To::Transcript, "127.0.0.1:4000: hola"),
+                line(To::One(1), "[SERVER] Bye!"),
+                line(
                     To::Transcript,
                     "[SERVER] Client: 127.0.0.1:4000 disconnected."
                 ),
             ]
         );
-        assert_eq!(s.members().count(), 0, "ack has no room");
+        assert_eq!(s.everyone().count(), 0, "ack has no chat");
     }
 
     #[test]
@@ -147,15 +168,16 @@ mod tests {
         s.join(1, addr, &mut out);
         s.join(2, addr, &mut out);
         out.clear();
-        s.line(1, addr, b"hi", &mut out);
-        s.relay("127.0.0.1:9".parse().unwrap(), "by udp", &mut out);
+        s.line(1, addr, b"hi", 0, &mut out);
+        s.relay("127.0.0.1:9".parse().unwrap(), "by udp", 0, &mut out);
+        let lobby = |except| To::Room { room: 0, except };
         assert_eq!(
             lines(&out),
             [
-                (To::Others(1), "guest1: hi"),
-                (To::All, "127.0.0.1:9: by udp")
+                line(lobby(Some(1)), "guest1: hi"),
+                line(lobby(None), "127.0.0.1:9: by udp")
             ]
         );
-        assert_eq!(s.members().count(), 2);
+        assert_eq!(s.members(0).count(), 2);
     }
 }

@@ -29,17 +29,18 @@ pub mod stats;
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use slab::Slab;
 
 use crate::ack::{self, Answer};
+use crate::chat::{After, Chat, ConsoleAfter, Limits};
 use crate::command;
 use crate::config::{self, Config};
+use crate::event::{Delivery, Event, To};
 use crate::framing::{self, Frame, Framer};
 use crate::notice;
 use crate::rate::{Bucket, Budgets};
-use crate::room::{After, ConsoleAfter, Delivery, Room, To};
 use crate::service::Service;
 use crate::text;
 use admission::Admission;
@@ -97,6 +98,9 @@ pub struct Engine<S> {
     counters: Counters,
     rates: Rates,
     started: Instant,
+    /// The Unix time at `started`, read once: the rooms' history shows when each message was
+    /// said, and the engine's own clock is the caller's `Instant`.
+    started_unix: Duration,
     next_generation: u64,
     shutdown_at: Option<Instant>,
     /// The time of the event being handled, given by the caller.
@@ -108,7 +112,7 @@ impl<S: Socket> Engine<S> {
         Engine {
             service: Service::new(
                 config.mode,
-                Room::new(config.welcome.clone(), config.announce_limit),
+                Chat::new(config.welcome.clone(), Limits::new(&config)),
             ),
             admission: Admission::new(&config),
             peers: Slab::new(),
@@ -129,6 +133,9 @@ impl<S: Socket> Engine<S> {
             counters: Counters::default(),
             rates: Rates::new(now),
             started: now,
+            started_unix: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
             next_generation: 0,
             shutdown_at: None,
             now,
@@ -416,9 +423,10 @@ impl<S: Socket> Engine<S> {
         if text::is_blank(&line) {
             return;
         }
+        let at = self.unix_now();
         let after = self
             .service
-            .console(command::parse_console(&line), &mut self.deliveries);
+            .console(command::parse_console(&line), at, &mut self.deliveries);
         self.deliver();
         match after {
             ConsoleAfter::Continue => {}
@@ -430,6 +438,11 @@ impl<S: Socket> Engine<S> {
             }
             ConsoleAfter::Shutdown => self.begin_shutdown(now),
         }
+    }
+
+    /// Seconds since the Unix epoch now, for the rooms' history.
+    fn unix_now(&self) -> u64 {
+        unix_secs(self.started_unix, self.started, self.now)
     }
 
     /// The figures `/stats` shows.
@@ -511,7 +524,8 @@ impl<S: Socket> Engine<S> {
                 Answer::Ignore => return None,
                 Answer::Bye => notice::BYE.to_owned(),
                 Answer::Received { reply, text } => {
-                    self.service.relay(from, &text, &mut self.deliveries);
+                    let at = self.unix_now();
+                    self.service.relay(from, &text, at, &mut self.deliveries);
                     self.deliver();
                     reply
                 }
@@ -532,7 +546,7 @@ impl<S: Socket> Engine<S> {
         self.shutdown_at = Some(now + LINGER);
         self.deliveries.push(Delivery {
             to: To::All,
-            line: notice::SHUTTING_DOWN.to_owned(),
+            event: Event::line(notice::SHUTTING_DOWN),
         });
         self.deliver();
         let keys: Vec<usize> = self.peers.iter().map(|(key, _)| key).collect();
@@ -633,12 +647,14 @@ impl<S: Socket> Engine<S> {
             self.counters.lines_in += 1;
             let first = peer.lines.record(self.now);
             let from = (key, peer.addr);
+            // Not `unix_now`: the frame borrows the connection, and with it `self`.
+            let at = unix_secs(self.started_unix, self.started, self.now);
             let verdict = on_frame(
                 &mut self.service,
                 &mut self.deliveries,
                 &self.config,
                 from,
-                first,
+                (first, at),
                 frame,
             );
             self.settle(key, verdict);
@@ -706,16 +722,18 @@ impl<S: Socket> Engine<S> {
 
     // ----- delivering -----
 
-    /// Routes every line the room produced. A client whose queue overflows is dropped after the
-    /// routing (never while the room's members are being walked) and its departure is routed
-    /// in turn, until nothing is left.
+    /// Routes every event the service produced, rendered once as a line for all its
+    /// recipients. A client whose queue overflows is dropped after the routing (never while a
+    /// room's members are being walked) and its departure is routed in turn, until nothing is
+    /// left.
     fn deliver(&mut self) {
+        let mut bytes = Vec::new();
         while !self.deliveries.is_empty() {
             let mut batch = std::mem::take(&mut self.deliveries);
-            for Delivery { to, line } in batch.drain(..) {
-                let mut bytes = line.into_bytes();
-                bytes.push(b'\n'); // once per line, not once per recipient
-                let except = match to {
+            for Delivery { to, event } in batch.drain(..) {
+                bytes.clear();
+                event.write_line(&mut bytes);
+                let (members, except) = match to {
                     To::One(key) => {
                         self.outbox
                             .queue(&mut self.peers, key, &bytes, &mut self.counters);
@@ -725,12 +743,16 @@ impl<S: Socket> Engine<S> {
                         self.print(&bytes);
                         continue;
                     }
-                    To::Others(sender) => Some(sender),
-                    To::All => None,
+                    To::Room { room, except } => (Some(room), except),
+                    To::All => (None, None),
                 };
                 self.print(&bytes);
                 let mut tally = self.outbox.tally(bytes.len());
-                for key in self.service.members().filter(|&k| Some(k) != except) {
+                let recipients: Box<dyn Iterator<Item = usize>> = match members {
+                    Some(room) => Box::new(self.service.members(room)),
+                    None => Box::new(self.service.everyone()),
+                };
+                for key in recipients.filter(|&k| Some(k) != except) {
                     self.outbox
                         .queue_to(&mut self.peers, key, &bytes, &mut tally);
                 }
@@ -1091,23 +1113,28 @@ fn on_frame(
     out: &mut Vec<Delivery>,
     config: &Config,
     (key, addr): (usize, SocketAddr),
-    first: bool,
+    (first, at): (bool, u64),
     frame: Frame<'_>,
 ) -> Verdict {
     match frame {
         Frame::TooLong => {
             out.push(Delivery {
                 to: To::One(key),
-                line: notice::too_long(config.max_line),
+                event: Event::line(notice::too_long(config.max_line)),
             });
             Verdict::Stay
         }
         Frame::Line(raw) if first && framing::is_http_request(raw) => Verdict::Foreign,
-        Frame::Line(raw) => match service.line(key, addr, raw, out) {
+        Frame::Line(raw) => match service.line(key, addr, raw, at, out) {
             After::Stay => Verdict::Stay,
             After::Close => Verdict::Close,
         },
     }
+}
+
+/// `now` in seconds since the Unix epoch, from the Unix time at `started`.
+fn unix_secs(started_unix: Duration, started: Instant, now: Instant) -> u64 {
+    (started_unix + now.saturating_duration_since(started)).as_secs()
 }
 
 /// A socket error as the reason shown for a departure. A reset or a broken pipe is how many
