@@ -94,14 +94,15 @@ impl Chat {
         chat
     }
 
-    /// Every client, whatever its rooms, in no particular order.
-    pub fn everyone(&self) -> impl Iterator<Item = ClientId> + '_ {
-        self.directory.clients()
-    }
-
-    /// The members of a room (none if it is gone), in no particular order.
-    pub fn members(&self, room: RoomId) -> impl Iterator<Item = ClientId> + '_ {
-        self.rooms.get(room).into_iter().flat_map(Room::members)
+    /// The members of a room (none if it is gone), or with `None` every client, in no
+    /// particular order: who receives an event for a room, or for everyone.
+    pub fn audience(&self, room: Option<RoomId>) -> impl Iterator<Item = ClientId> + '_ {
+        let (members, everyone) = match room {
+            Some(room) => (self.rooms.get(room), None),
+            None => (None, Some(self.directory.clients())),
+        };
+        let members = members.into_iter().flat_map(Room::members);
+        members.chain(everyone.into_iter().flatten())
     }
 
     pub fn contains(&self, id: ClientId) -> bool {

@@ -161,9 +161,10 @@ pub mod rooms {
     /// The most a room's history holds, counted as each message's text and author plus
     /// [`HISTORY_ENTRY_OVERHEAD`]: 50 full-size lines fit. Also the most one join replays.
     pub const HISTORY_BYTES: usize = 16 << 10;
-    /// What a message in the ring costs beyond its text and author (its fields and the
-    /// allocations' headers), so that short messages cannot make the ring's real size many
-    /// times its count.
+    /// What a message in the ring is counted as beyond its text and author: more than the rest
+    /// of its replayed line (`[#room] `, `[history HH:MM:SS] `, `: `, the newline: 60 bytes at
+    /// most) and than its fields and allocation headers in memory, so that the byte bound holds
+    /// for the ring's memory and for what a replay sends, however short the messages.
     pub const HISTORY_ENTRY_OVERHEAD: usize = 64;
     /// The most `--history` may ask for; the byte bound is reached first with long lines.
     pub const MAX_HISTORY: usize = 1000;

@@ -53,11 +53,15 @@ impl Message {
         }
     }
 
-    /// Bytes it holds beyond its fixed size.
-    pub fn heap_len(&self) -> usize {
+    /// The most bytes its author and text take in a rendered line. A history counts messages by
+    /// this (plus a fixed overhead that covers the rest of the line), so that a replay of so
+    /// many bytes of history sends no more than that.
+    pub fn rendered_len(&self) -> usize {
         let author = match &self.author {
             Author::Client(name) => name.len(),
-            Author::Datagram(_) | Author::Operator => 0,
+            // The longest address: `[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535`.
+            Author::Datagram(_) => 58,
+            Author::Operator => "SERVER".len(),
         };
         author + self.text.len()
     }

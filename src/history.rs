@@ -27,7 +27,7 @@ pub struct Entry {
 
 impl Entry {
     fn cost(&self) -> usize {
-        self.message.heap_len() + HISTORY_ENTRY_OVERHEAD
+        self.message.rendered_len() + HISTORY_ENTRY_OVERHEAD
     }
 }
 

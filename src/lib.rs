@@ -10,13 +10,17 @@
 //! - [`text`]: raw line to safe text (UTF-8 repair, no terminal control characters).
 //! - [`command`]: line to [`command::Command`], for clients and for the operator console.
 //! - [`directory`]: who is called what, server-wide: guest names, `/nick`, finding a name.
-//! - [`room`]: membership, and who receives what.
+//! - [`chat`]: what every chat command means: names, rooms, history, and who receives what.
+//! - [`room`]: one room: its members, topic and history.
+//! - [`history`]: a room's last messages, in a ring bounded in messages and in bytes.
+//! - [`event`]: what the chat says as typed events (who, what, which room), and their rendering
+//!   as text lines.
 //! - [`ack`]: the `received: <message>` answers of `--mode ack` and of UDP.
-//! - [`service`]: what `--mode` means, behind one seam: the chat room or the ack service.
+//! - [`service`]: what `--mode` means, behind one seam: the chat or the ack service.
 //! - [`rate`]: the token bucket behind `--rate` and `--connect-rate`.
 //! - [`notice`]: every line the server says in its own voice.
-//! - [`engine`]: the whole server without sockets or clock: buffers, limits, timers, the room,
-//!   and the room's flow control (`engine/flow.rs`).
+//! - [`engine`]: the whole server without sockets or clock: buffers, limits, timers, routing
+//!   events to their recipients, and the flow control (`engine/flow.rs`).
 //! - [`server`]: the mio shell: poll, sockets, accept limits, console, signals, stdout.
 //! - [`client`]: the bundled command-line client.
 

@@ -28,14 +28,9 @@ impl Service {
         self.mode == Mode::Echo
     }
 
-    /// Who receives an event for a room.
-    pub fn members(&self, room: RoomId) -> impl Iterator<Item = ClientId> + '_ {
-        self.chat.members(room)
-    }
-
-    /// Who receives an event for every client.
-    pub fn everyone(&self) -> impl Iterator<Item = ClientId> + '_ {
-        self.chat.everyone()
+    /// Who receives an event for a room, or with `None` for everyone.
+    pub fn audience(&self, room: Option<RoomId>) -> impl Iterator<Item = ClientId> + '_ {
+        self.chat.audience(room)
     }
 
     /// A new connection: in chat a member with a name; otherwise a line in the transcript.
@@ -157,7 +152,7 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(s.everyone().count(), 0, "ack has no chat");
+        assert_eq!(s.audience(None).count(), 0, "ack has no chat");
     }
 
     #[test]
@@ -178,6 +173,6 @@ mod tests {
                 line(lobby(None), "127.0.0.1:9: by udp")
             ]
         );
-        assert_eq!(s.members(0).count(), 2);
+        assert_eq!(s.audience(Some(0)).count(), 2);
     }
 }

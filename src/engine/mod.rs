@@ -733,7 +733,7 @@ impl<S: Socket> Engine<S> {
             for Delivery { to, event } in batch.drain(..) {
                 bytes.clear();
                 event.write_line(&mut bytes);
-                let (members, except) = match to {
+                let (room, except) = match to {
                     To::One(key) => {
                         self.outbox
                             .queue(&mut self.peers, key, &bytes, &mut self.counters);
@@ -748,11 +748,7 @@ impl<S: Socket> Engine<S> {
                 };
                 self.print(&bytes);
                 let mut tally = self.outbox.tally(bytes.len());
-                let recipients: Box<dyn Iterator<Item = usize>> = match members {
-                    Some(room) => Box::new(self.service.members(room)),
-                    None => Box::new(self.service.everyone()),
-                };
-                for key in recipients.filter(|&k| Some(k) != except) {
+                for key in self.service.audience(room).filter(|&k| Some(k) != except) {
                     self.outbox
                         .queue_to(&mut self.peers, key, &bytes, &mut tally);
                 }

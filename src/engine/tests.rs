@@ -443,3 +443,75 @@ fn a_rate_timer_due_within_the_millisecond_does_not_spin() {
     h.turn();
     assert_eq!(h.take(b).len(), 600, "then N a second");
 }
+
+#[test]
+fn a_room_line_reaches_its_members_and_the_transcript_only() {
+    let mut h = Harness::new(&["--rate", "0"]);
+    let (a, b, c) = (h.connect(), h.connect(), h.connect());
+    h.send(a, b"/join #a\n");
+    h.send(b, b"/join #a\n");
+    for key in [a, b, c] {
+        h.take(key);
+    }
+    h.engine.transcript().clear();
+    h.send(a, b"in a\n");
+    h.send(c, b"in the lobby\n");
+    assert_eq!(h.take(b), ["[#a] guest1: in a", "guest3: in the lobby"]);
+    assert_eq!(
+        h.take(a),
+        ["guest3: in the lobby"],
+        "still in the lobby too"
+    );
+    assert!(h.take(c).is_empty(), "not in #a");
+    let transcript = String::from_utf8(std::mem::take(h.engine.transcript())).unwrap();
+    assert_eq!(transcript, "[#a] guest1: in a\nguest3: in the lobby\n");
+}
+
+/// The case: a client joins ten rooms of full history at once while it reads a little
+/// at a time. Nine replays are more than `--max-pending` here, but they go through its queue
+/// and the room's flow control: it is never dropped as too slow, gets every replay whole, and
+/// its queue stays under `--max-pending`.
+#[test]
+fn joining_ten_rooms_of_full_history_is_never_too_slow() {
+    let max_pending = 64 * 1024;
+    let mut h = Harness::new(&["--rate", "0", "--max-pending", &max_pending.to_string()]);
+    let (talker, joiner) = (h.connect(), h.connect());
+    let line = format!("{}\n", "x".repeat(190));
+    for room in 1..config::rooms::PER_CLIENT {
+        h.send(talker, format!("/join #r{room}\n").as_bytes());
+        h.send(talker, line.repeat(50).as_bytes());
+    }
+    h.take(talker);
+    h.take(joiner);
+    h.engine.socket_mut(joiner).unwrap().room = 0;
+    let joins: String = (1..config::rooms::PER_CLIENT)
+        .map(|room| format!("/join #r{room}\n"))
+        .collect();
+    h.send(joiner, joins.as_bytes());
+    let mut most_owed = 0;
+    let mut received = Vec::new();
+    for step in 1..=400 {
+        // It reads 4 KiB every 10 ms: far slower than the server could write.
+        h.engine.socket_mut(joiner).unwrap().room = 4096;
+        h.engine.writable(joiner);
+        h.at(ms(10 * step));
+        h.turn();
+        let peer = h.engine.peer(joiner).expect("never dropped");
+        most_owed = most_owed.max(peer.owed.len());
+        received.extend(h.take(joiner));
+    }
+    let ends: Vec<&String> = received
+        .iter()
+        .filter(|l| l.contains("End of history"))
+        .collect();
+    assert_eq!(ends.len(), 9, "every replay, whole");
+    assert!(
+        ends.iter().all(|l| l.ends_with("(50 messages)")),
+        "{ends:?}"
+    );
+    let replayed = received.iter().filter(|l| l.contains("[history ")).count();
+    assert_eq!(replayed, 9 * 50);
+    let replays: usize = received.iter().map(|l| l.len() + 1).sum();
+    assert!(replays > max_pending, "{replays} bytes in all");
+    assert!(most_owed < max_pending, "{most_owed} bytes owed at most");
+}

@@ -146,6 +146,12 @@ fn parse_cfg() -> Cfg {
         "loopchat-server binary (next to this one)",
         "PATH",
     );
+    o.optopt(
+        "",
+        "before",
+        "an earlier loopchat-server, run beside the current one as loopchat-before (A/B)",
+        "PATH",
+    );
     o.optopt("", "nats", "nats-server binary (found in PATH)", "PATH");
     o.optopt(
         "",
@@ -250,6 +256,24 @@ fn parse_cfg() -> Cfg {
                 "bench: skipping loopchat: not found (cargo build --release --bin loopchat-server)"
             ),
         }
+    }
+    // The earlier build goes right after the current one: each point measures both close
+    // together in time, which is what makes their ratio worth reading on a busy machine.
+    if let Some(before) = m.opt_str("before").map(PathBuf::from) {
+        if !before.is_file() {
+            usage(&format!("--before: not a file: {}", before.display()));
+        }
+        let at = servers
+            .iter()
+            .position(|s| s.name == "loopchat")
+            .map_or(0, |i| i + 1);
+        let server = Server {
+            name: "loopchat-before".into(),
+            flavor: Flavor::Loopchat,
+            program: before,
+            args: Vec::new(),
+        };
+        servers.insert(at, server);
     }
     if !bin_dir.join("loadgen").is_file() {
         usage(&format!(

@@ -83,10 +83,38 @@ fn client_line(line: &str) {
         }
         Command::Unknown(name) => {
             assert_eq!(Some(*name), word, "{line:?}");
-            let known = ["nick", "who", "msg", "me", "help", "quit"];
+            let known = [
+                "nick", "who", "msg", "me", "help", "quit", "join", "part", "rooms", "topic",
+                "history",
+            ];
             assert!(!known.iter().any(|k| k.eq_ignore_ascii_case(name)));
         }
-        Command::Who | Command::Help | Command::Usage(_) => {
+        Command::Join(room) => {
+            assert!(is_word(room), "{line:?}: join {room:?}");
+            assert_eq!(
+                command::parse(&format!("/join {room}")),
+                Command::Join(room)
+            );
+        }
+        Command::Who(Some(room)) | Command::Part(Some(room)) | Command::History(Some(room)) => {
+            assert!(is_word(room) && room.starts_with('#'), "{line:?}: {room:?}");
+        }
+        Command::Topic { room, text } => {
+            assert!(
+                room.is_none_or(|r| is_word(r) && r.starts_with('#')),
+                "{line:?}"
+            );
+            assert!(
+                text.is_none_or(|t| !t.is_empty() && t.trim() == t),
+                "{line:?}"
+            );
+        }
+        Command::Who(None)
+        | Command::Part(None)
+        | Command::History(None)
+        | Command::Rooms
+        | Command::Help
+        | Command::Usage(_) => {
             assert!(word.is_some(), "{line:?}: not a command");
         }
         Command::Quit => {
@@ -132,10 +160,18 @@ fn console_line(line: &str) {
         }
         ConsoleCommand::Unknown(name) => {
             assert_eq!(Some(*name), word, "{line:?}");
-            let known = ["who", "stats", "kick", "shutdown", "help"];
+            let known = ["who", "stats", "kick", "shutdown", "help", "say", "rooms"];
             assert!(!known.iter().any(|k| k.eq_ignore_ascii_case(name)));
         }
-        ConsoleCommand::Who
+        ConsoleCommand::SayIn { room, text } => {
+            assert!(is_word(room) && room.starts_with('#'), "{line:?}: {room:?}");
+            assert!(
+                line.ends_with(text),
+                "{line:?}: the text is the rest of the line"
+            );
+        }
+        ConsoleCommand::Who(_)
+        | ConsoleCommand::Rooms
         | ConsoleCommand::Stats
         | ConsoleCommand::Shutdown
         | ConsoleCommand::Help

@@ -2,9 +2,13 @@
 //! sockets and a fake clock, checked after every call.
 //!
 //! Messages are tagged `#N.` (a number no other message has) so that the harness can find them
-//! in the transcript, the server's record of what it accepted and in which order, and in what
-//! each fake socket received. Other bytes the fuzzer sends never contain `#` and so are never
-//! taken for a tag.
+//! in the transcript, the server's record of what it accepted, in which room and in which order,
+//! and in what each fake socket received. Other bytes the fuzzer sends never contain `#` and so
+//! are never taken for a tag; room names (`#a`, `#b`) never have a digit and a dot after the `#`.
+//!
+//! Clients join and leave rooms: the harness follows each client's rooms in what the client
+//! itself received (`You joined #a`, `You left #a`), so that it knows, for every message, which
+//! clients were owed it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,13 +42,37 @@ struct Client {
     state: State,
     /// What its socket took, once the engine handed it back.
     final_sent: Option<Vec<u8>>,
+    /// Bytes and lines of its output (sent, then still owed) already looked at for joins and
+    /// leaves.
+    scanned: usize,
+    lines_scanned: usize,
+    /// Its time in each room, in the order they began.
+    stays: Vec<Stay>,
 }
+
+/// A client's time in a room, by the engine calls and the lines of its own output that begin
+/// and end it.
+struct Stay {
+    room: String,
+    /// The call of the join: messages of the room accepted after it are owed.
+    joined: usize,
+    /// The line of its output that says it joined (none for the lobby, where it starts).
+    first_line: Option<usize>,
+    /// The call of `/part` and the line that says it, once it left the room that way.
+    parted: Option<(usize, usize)>,
+}
+
+/// Where a message went: a room, or every client (the console's plain lines).
+const EVERYONE: &str = "*";
+const LOBBY: &str = "#lobby";
 
 /// A message the server accepted: in the transcript, in this order.
 struct Accepted {
     tag: u64,
-    /// `None` for the console and UDP, which go to every member.
+    /// `None` for the console and UDP.
     sender: Option<usize>,
+    /// Its room, lowercased, or [`EVERYONE`].
+    room: String,
     call: usize,
 }
 
@@ -65,7 +93,7 @@ const STEPS: [u64; 14] = [
 
 /// Lines and pieces of lines a client may send: commands, exit words, other protocols, the
 /// starts of commands that a tagged message can complete.
-const CLIENT_WORDS: [&[u8]; 26] = [
+const CLIENT_WORDS: [&[u8]; 36] = [
     b"/nick alice\n",
     b"/nick ALICE\n",
     b"/nick SERVER\n",
@@ -92,9 +120,19 @@ const CLIENT_WORDS: [&[u8]; 26] = [
     b"\xff\xfe\xc2\x9b\n",
     b"\x1b[2Jhi\n",
     b"/dance\n",
+    b"/join #a\n",
+    b"/join #b\n",
+    b"/join #lobby\n",
+    b"/part\n",
+    b"/part #a\n",
+    b"/part #lobby\n",
+    b"/topic #a ",
+    b"/rooms\n",
+    b"/history\n",
+    b"/who #a\n",
 ];
 
-const CONSOLE_WORDS: [&str; 10] = [
+const CONSOLE_WORDS: [&str; 12] = [
     "/who",
     "/stats",
     "/kick guest1",
@@ -105,6 +143,8 @@ const CONSOLE_WORDS: [&str; 10] = [
     "hello",
     "//x",
     " ",
+    "/rooms",
+    "/who #b",
 ];
 
 struct Run {
@@ -257,6 +297,10 @@ impl Run {
                 let b = input.byte();
                 let line = match CONSOLE_WORDS.get(usize::from(b)) {
                     Some(word) => (*word).to_owned(),
+                    // A line for one room (never the lobby, whose line looks like the one
+                    // for everyone), or for everyone.
+                    None if b % 3 == 0 => format!("/say #a {}", self.tag(None)),
+                    None if b % 3 == 1 => format!("/say #b {}", self.tag(None)),
                     None => self.tag(None),
                 };
                 self.note(|| format!("console {line:?}"));
@@ -328,6 +372,14 @@ impl Run {
                     dropped: false,
                     state: State::Open,
                     final_sent: None,
+                    scanned: 0,
+                    lines_scanned: 0,
+                    stays: vec![Stay {
+                        room: LOBBY.to_owned(),
+                        joined: self.call,
+                        first_line: None,
+                        parted: None,
+                    }],
                 });
             }
             Err((_, refusal)) => {
@@ -468,7 +520,7 @@ impl Run {
         let shutdown_began = !was_stopping && self.engine.is_stopping();
         let transcript = std::mem::take(self.engine.transcript());
         for line in transcript.split(|&b| b == b'\n') {
-            let Some(tag) = tag_in(line) else {
+            let Some((room, tag)) = room_line(line) else {
                 continue;
             };
             let Some(&sender) = self.tags.get(&tag) else {
@@ -484,6 +536,7 @@ impl Run {
             self.accepted.push(Accepted {
                 tag,
                 sender,
+                room,
                 call: self.call,
             });
         }
@@ -528,7 +581,32 @@ impl Run {
             if let Some(misuse) = peer.socket.misuse {
                 self.fail(format!("client {c}: {misuse}"));
             }
+            let (scanned, lines) =
+                new_lines(&peer.socket.sent, &peer.owed.bytes, self.clients[c].scanned);
             let (state, overflowed, failed) = (peer.state, peer.overflowed, peer.socket.failed);
+            let client = &mut self.clients[c];
+            client.scanned = scanned;
+            for line in lines {
+                let at = client.lines_scanned;
+                client.lines_scanned += 1;
+                if let Some(room) = said(&line, "You joined ", " (") {
+                    client.stays.push(Stay {
+                        room,
+                        joined: self.call,
+                        first_line: Some(at),
+                        parted: None,
+                    });
+                } else if let Some(room) = said(&line, "You left ", ";") {
+                    let stay = client
+                        .stays
+                        .iter_mut()
+                        .rfind(|s| s.room == room && s.parted.is_none());
+                    match stay {
+                        Some(stay) => stay.parted = Some((self.call, at)),
+                        None => self.fail(format!("client {c} left {room} without joining it")),
+                    }
+                }
+            }
             let client = &mut self.clients[c];
             if client.left.is_none() && state != State::Open {
                 client.left = Some(self.call);
@@ -615,36 +693,20 @@ impl Run {
         })
     }
 
+    /// Every client got, of each room it was in (and of the console's lines for everyone),
+    /// every message accepted while it was there, exactly once and in the order accepted, and
+    /// nothing from a room it was not in; a client the server dropped got a prefix of that.
     fn check_deliveries(&self) {
         for (c, client) in self.clients.iter().enumerate() {
-            let got = match &client.final_sent {
-                Some(sent) => tags_in(sent),
+            let stream = match &client.final_sent {
+                Some(sent) => sent.clone(),
                 None => {
                     let peer = self.engine.peer(client.key).expect("in the table");
                     let mut queued = peer.socket.sent.clone();
                     queued.extend_from_slice(&peer.owed.bytes);
-                    tags_in(&queued)
+                    queued
                 }
             };
-            let left = client.left.unwrap_or(usize::MAX);
-            let gone = client.gone.unwrap_or(usize::MAX);
-            let owed = |a: &&Accepted| a.sender != Some(c) && a.call > client.joined;
-            // Accepted while it was in the room: it must have all of them...
-            let before: Vec<u64> = self
-                .accepted
-                .iter()
-                .filter(owed)
-                .filter(|a| a.call < left)
-                .map(|a| a.tag)
-                .collect();
-            // ...and may have the first few of those accepted until it was gone.
-            let upto: Vec<u64> = self
-                .accepted
-                .iter()
-                .filter(owed)
-                .filter(|a| a.call <= gone)
-                .map(|a| a.tag)
-                .collect();
             let who = format!(
                 "client {c} (joined at call {}, left at {:?}, gone at {:?}{})",
                 client.joined,
@@ -652,16 +714,97 @@ impl Run {
                 client.gone,
                 if client.dropped { ", dropped" } else { "" }
             );
-            if !upto.starts_with(&got) {
-                self.fail(format!(
-                    "{who} got {got:?}: not in order, twice, or not for it; owed {upto:?}"
-                ));
+            let mut got: Vec<Vec<u64>> = vec![Vec::new(); client.stays.len()];
+            let mut got_everyone = Vec::new();
+            for (at, line) in stream.split(|&b| b == b'\n').enumerate() {
+                let Some((room, tag)) = room_line(line) else {
+                    continue;
+                };
+                if room == EVERYONE {
+                    got_everyone.push(tag);
+                    continue;
+                }
+                let stay = client.stays.iter().position(|s| {
+                    s.room == room
+                        && s.first_line.is_none_or(|first| first < at)
+                        && s.parted.is_none_or(|(_, last)| at < last)
+                });
+                match stay {
+                    Some(i) => got[i].push(tag),
+                    None => self.fail(format!("{who} got #{tag}. of {room}, not being in it")),
+                }
             }
-            if !client.dropped && got.len() < before.len() {
-                self.fail(format!("{who} got {got:?}, owed {before:?}"));
+            let left = client.left.unwrap_or(usize::MAX);
+            let gone = client.gone.unwrap_or(usize::MAX);
+            for (stay, got) in client.stays.iter().zip(&got) {
+                let (must_end, may_end) = match stay.parted {
+                    Some((call, _)) => (call, call),
+                    None => (left, gone),
+                };
+                let window = Window {
+                    room: &stay.room,
+                    // The lobby's stay starts with the connection, which accepts no message.
+                    first: stay.joined,
+                    must_end,
+                    may_end,
+                };
+                self.check_run(c, &who, &window, got);
             }
+            let everyone = Window {
+                room: EVERYONE,
+                first: client.joined + 1,
+                must_end: left,
+                may_end: gone,
+            };
+            self.check_run(c, &who, &everyone, &got_everyone);
         }
     }
+
+    /// What one client got of one room during one stay: a run of the messages accepted in the
+    /// window, in order, missing none that it was surely owed (unless dropped). Those accepted
+    /// in the very call that began the stay may have come just before the join, or just after.
+    fn check_run(&self, c: usize, who: &str, window: &Window<'_>, got: &[u64]) {
+        let in_room = |a: &&Accepted| a.room == window.room && a.sender != Some(c);
+        let may: Vec<&Accepted> = self
+            .accepted
+            .iter()
+            .filter(in_room)
+            .filter(|a| a.call >= window.first && a.call <= window.may_end)
+            .collect();
+        let tags: Vec<u64> = may.iter().map(|a| a.tag).collect();
+        let same_call = may.iter().take_while(|a| a.call == window.first).count();
+        let Some(skip) = (0..=same_call).find(|&k| tags[k..].starts_with(got)) else {
+            self.fail(format!(
+                "{who} got {got:?} of {}: not in order, twice, or not for it; owed {tags:?}",
+                window.room
+            ));
+        };
+        let client = &self.clients[c];
+        let must: Vec<u64> = may
+            .iter()
+            .filter(|a| a.call > window.first && a.call < window.must_end)
+            .map(|a| a.tag)
+            .collect();
+        let reached = skip + got.len();
+        let missing = tags[reached.min(tags.len())..]
+            .iter()
+            .any(|t| must.contains(t));
+        if !client.dropped && missing {
+            self.fail(format!(
+                "{who} got {got:?} of {}, owed {must:?}",
+                window.room
+            ));
+        }
+    }
+}
+
+/// The calls between which a client was in a room: it is owed what was accepted after `first`
+/// and before `must_end`, and may have had what was accepted from `first` to `may_end`.
+struct Window<'a> {
+    room: &'a str,
+    first: usize,
+    must_end: usize,
+    may_end: usize,
 }
 
 /// Fuzzer bytes for a client or a datagram, without `#` so that they never make a tag.
@@ -672,21 +815,70 @@ fn junk(bytes: &[u8]) -> Vec<u8> {
         .collect()
 }
 
-/// The tag in a line meant for the room (the server's own lines and private messages are
-/// skipped: they are no broadcast).
-fn tag_in(line: &[u8]) -> Option<u64> {
-    if line.starts_with(b"[SERVER]") || line.starts_with(b"[PM ") {
+/// The room (lowercased, or [`EVERYONE`]) and tag of a message line: live, not replayed
+/// history, not the server's own lines or private messages (they are no broadcast).
+fn room_line(line: &[u8]) -> Option<(String, u64)> {
+    let (room, rest) = match line.strip_prefix(b"[#") {
+        Some(after) => {
+            let end = after.iter().position(|&b| b == b']')?;
+            let room = format!("#{}", String::from_utf8_lossy(&after[..end]));
+            (
+                room.to_ascii_lowercase(),
+                after[end + 1..].strip_prefix(b" ")?,
+            )
+        }
+        None if line.starts_with(b"SERVER: ") => (EVERYONE.to_owned(), line),
+        None => (LOBBY.to_owned(), line),
+    };
+    if [&b"[SERVER]"[..], b"[PM ", b"[history "]
+        .iter()
+        .any(|p| rest.starts_with(p))
+    {
         return None;
     }
-    let at = line.iter().position(|&b| b == b'#')?;
-    let rest = &line[at + 1..];
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || rest.get(digits) != Some(&b'.') {
-        return None;
-    }
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    Some((room, tag_in(rest)?))
 }
 
-fn tags_in(bytes: &[u8]) -> Vec<u64> {
-    bytes.split(|&b| b == b'\n').filter_map(tag_in).collect()
+/// The first `#N.` in a line.
+fn tag_in(line: &[u8]) -> Option<u64> {
+    let mut rest = line;
+    while let Some(at) = rest.iter().position(|&b| b == b'#') {
+        rest = &rest[at + 1..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 0 && rest.get(digits) == Some(&b'.') {
+            return std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// The whole lines of a client's output (what its socket took, then what it is still owed)
+/// beyond the first `from` bytes, and how many bytes that makes. A dropped client's queue is
+/// gone: nothing new then.
+fn new_lines(sent: &[u8], owed: &[u8], from: usize) -> (usize, Vec<Vec<u8>>) {
+    let total = sent.len() + owed.len();
+    if total <= from {
+        return (from, Vec::new());
+    }
+    let mut tail = sent.get(from..).unwrap_or_default().to_vec();
+    tail.extend_from_slice(&owed[from.saturating_sub(sent.len())..]);
+    let whole = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let lines = tail[..whole]
+        .split(|&b| b == b'\n')
+        .take(tail[..whole].iter().filter(|&&b| b == b'\n').count())
+        .map(<[u8]>::to_vec)
+        .collect();
+    (from + whole, lines)
+}
+
+/// The room in a server line about the client's own rooms, `[SERVER] {what}{room}{until}`,
+/// after the room's prefix if it has one; lowercased.
+fn said(line: &[u8], what: &str, until: &str) -> Option<String> {
+    let line = std::str::from_utf8(line).ok()?;
+    let rest = match line.strip_prefix("[#") {
+        Some(after) => after.split_once("] ")?.1,
+        None => line,
+    };
+    let room = rest.strip_prefix("[SERVER] ")?.strip_prefix(what)?;
+    Some(room.split_once(until)?.0.to_ascii_lowercase())
 }
