@@ -1,16 +1,12 @@
 //! What the chat says, as data: who said what, in which room. Pure.
 //!
-//! The chat produces events; how they look on the wire is a codec's business. Today's one
-//! rendering is the text line ([`Event::write_line`]), byte for byte what loopchat has always
-//! sent, so that `nc` users and the coursework clients see no change. A room other than the
-//! lobby shows as a `[#room] ` in front of the line; the lobby shows as nothing, since its lines
-//! keep the form they had when it was the only room.
+//! The chat produces events; how they look on the wire is a codec's business (`codec/`).
+//! Today's one rendering is the text line (`codec/line.rs`), byte for byte what loopchat has
+//! always sent, so that `nc` users and the coursework clients see no change.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use crate::config::rooms::LOBBY;
 use crate::directory::ClientId;
 use crate::room::RoomId;
 
@@ -91,39 +87,6 @@ impl Event {
     pub fn line(line: impl Into<String>) -> Event {
         Event::Line(line.into())
     }
-
-    /// The event as a text line, with its newline, appended to `out`.
-    pub fn write_line(&self, out: &mut Vec<u8>) {
-        let mut s = String::new();
-        match self {
-            Event::Line(line) => s.push_str(line),
-            Event::Said { room, message } => {
-                prefix(&mut s, room);
-                write_message(&mut s, message);
-            }
-            Event::Notice { room, line } => {
-                prefix(&mut s, room);
-                s.push_str(line);
-            }
-            Event::Replayed { room, message, at } => {
-                prefix(&mut s, room);
-                let secs = at % 86_400;
-                let (h, m, sec) = (secs / 3600, secs / 60 % 60, secs % 60);
-                let _ = write!(s, "[history {h:02}:{m:02}:{sec:02}] ");
-                write_message(&mut s, message);
-            }
-        }
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'\n');
-    }
-
-    /// The event as a text line without its newline: for tests and the transcript's readers.
-    pub fn to_line(&self) -> String {
-        let mut out = Vec::new();
-        self.write_line(&mut out);
-        out.pop();
-        String::from_utf8(out).expect("events are text")
-    }
 }
 
 /// Who receives an event.
@@ -158,86 +121,4 @@ pub fn push(out: &mut Vec<Delivery>, to: To, event: Event) {
 /// Appends a line about no room, for `to`.
 pub fn push_line(out: &mut Vec<Delivery>, to: To, line: impl Into<String>) {
     push(out, to, Event::line(line));
-}
-
-/// `[#room] ` for every room but the lobby.
-fn prefix(s: &mut String, room: &str) {
-    if room != LOBBY {
-        s.push('[');
-        s.push_str(room);
-        s.push_str("] ");
-    }
-}
-
-/// `alice: text`, `* alice text`, `127.0.0.1:9: text`, `SERVER: text`.
-fn write_message(s: &mut String, message: &Message) {
-    let author: &dyn std::fmt::Display = match &message.author {
-        Author::Client(name) => name,
-        Author::Datagram(addr) => addr,
-        Author::Operator => &"SERVER",
-    };
-    let _ = if message.action {
-        write!(s, "* {author} {}", message.text)
-    } else {
-        write!(s, "{author}: {}", message.text)
-    };
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn said(room: &str, message: Message) -> String {
-        Event::Said {
-            room: room.into(),
-            message,
-        }
-        .to_line()
-    }
-
-    #[test]
-    fn the_lobby_keeps_the_old_lines_and_other_rooms_are_named() {
-        let alice = || Author::Client("alice".into());
-        assert_eq!(said("#lobby", Message::say(alice(), "hi")), "alice: hi");
-        assert_eq!(
-            said("#lobby", Message::act(alice(), "waves")),
-            "* alice waves"
-        );
-        assert_eq!(
-            said("#lobby", Message::say(Author::Operator, "hola")),
-            "SERVER: hola"
-        );
-        let udp = Author::Datagram("127.0.0.1:9".parse().unwrap());
-        assert_eq!(said("#lobby", Message::say(udp, "x")), "127.0.0.1:9: x");
-        assert_eq!(
-            said("#Rust", Message::say(alice(), "hi")),
-            "[#Rust] alice: hi"
-        );
-        let notice = Event::Notice {
-            room: "#Rust".into(),
-            line: "[SERVER] bob joined".into(),
-        };
-        assert_eq!(notice.to_line(), "[#Rust] [SERVER] bob joined");
-    }
-
-    #[test]
-    fn history_shows_its_time_of_day_in_utc() {
-        let replayed = |room: &str| Event::Replayed {
-            room: room.into(),
-            message: Message::say(Author::Client("bob".into()), "earlier"),
-            // 2026-11-28 20:05:09 UTC
-            at: 1_795_896_309,
-        };
-        assert_eq!(
-            replayed("#lobby").to_line(),
-            "[history 20:05:09] bob: earlier"
-        );
-        assert_eq!(
-            replayed("#rust").to_line(),
-            "[#rust] [history 20:05:09] bob: earlier"
-        );
-        let mut out = Vec::new();
-        replayed("#rust").write_line(&mut out);
-        assert!(out.ends_with(b"earlier\n"));
-    }
 }

@@ -6,15 +6,15 @@
 //! around it only moves bytes and keeps time.
 //!
 //! - [`config`]: command-line flags to [`config::Config`], every limit named with its reason.
-//! - [`framing`]: bytes to lines, the length cap, flush-partial; recognising HTTP and TLS.
+//! - [`codec`]: a connection's wire format, with no I/O: [`codec::line`] frames bytes into
+//!   lines (the length cap, flush-partial, recognising HTTP and TLS) and writes events as lines.
 //! - [`text`]: raw line to safe text (UTF-8 repair, no terminal control characters).
 //! - [`command`]: line to [`command::Command`], for clients and for the operator console.
 //! - [`directory`]: who is called what, server-wide: guest names, `/nick`, finding a name.
 //! - [`chat`]: what every chat command means: names, rooms, history, and who receives what.
 //! - [`room`]: one room: its members, topic and history.
 //! - [`history`]: a room's last messages, in a ring bounded in messages and in bytes.
-//! - [`event`]: what the chat says as typed events (who, what, which room), and their rendering
-//!   as text lines.
+//! - [`event`]: what the chat says, as typed events: who, what, which room, to whom.
 //! - [`ack`]: the `received: <message>` answers of `--mode ack` and of UDP.
 //! - [`service`]: what `--mode` means, behind one seam: the chat or the ack service.
 //! - [`rate`]: the token bucket behind `--rate` and `--connect-rate`.
@@ -27,12 +27,12 @@
 pub mod ack;
 pub mod chat;
 pub mod client;
+pub mod codec;
 pub mod command;
 pub mod config;
 pub mod directory;
 pub mod engine;
 pub mod event;
-pub mod framing;
 pub mod history;
 pub mod notice;
 pub mod rate;

@@ -112,6 +112,7 @@ mod tests {
     use super::*;
 
     use crate::chat::Limits;
+    use crate::codec::line;
 
     fn service(mode: Mode) -> Service {
         let limits = Limits {
@@ -123,7 +124,7 @@ mod tests {
     }
 
     fn lines(out: &[Delivery]) -> Vec<(To, String)> {
-        out.iter().map(|o| (o.to, o.event.to_line())).collect()
+        out.iter().map(|o| (o.to, line::render(&o.event))).collect()
     }
 
     fn line(to: To, line: &str) -> (To, String) {

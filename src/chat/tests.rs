@@ -2,6 +2,7 @@
 //! line codec renders them, and who gets them.
 
 use super::*;
+use crate::codec::line;
 use crate::command::parse;
 
 /// When every test's messages are said: 2026-11-28 20:05:09 UTC.
@@ -42,7 +43,9 @@ fn console(c: &mut Chat, line: &str) -> Vec<(To, String)> {
 }
 
 fn rendered(out: Vec<Delivery>) -> Vec<(To, String)> {
-    out.into_iter().map(|d| (d.to, d.event.to_line())).collect()
+    out.into_iter()
+        .map(|d| (d.to, line::render(&d.event)))
+        .collect()
 }
 
 fn out(to: To, line: &str) -> (To, String) {

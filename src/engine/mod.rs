@@ -35,10 +35,10 @@ use slab::Slab;
 
 use crate::ack::{self, Answer};
 use crate::chat::{After, Chat, ConsoleAfter, Limits};
+use crate::codec::line::{self, Foreign, Input, LineCodec};
 use crate::command;
 use crate::config::{self, Config};
 use crate::event::{Delivery, Event, To};
-use crate::framing::{self, Frame, Framer};
 use crate::notice;
 use crate::rate::{Bucket, Budgets};
 use crate::service::Service;
@@ -243,12 +243,12 @@ impl<S: Socket> Engine<S> {
         self.open += 1;
         self.next_generation += 1;
         let bucket = (self.config.rate > 0).then(|| Bucket::new(self.config.rate, now));
-        let framer = Framer::new(self.config.max_line);
+        let codec = LineCodec::new(self.config.max_line);
         let peer = Peer::new(
             socket,
             addr,
             self.next_generation,
-            framer,
+            codec,
             Lines::new(bucket, now),
             now,
         );
@@ -268,6 +268,12 @@ impl<S: Socket> Engine<S> {
     /// clients wait for the room's budget the share is split among them, and it waits in turn.
     pub fn read(&mut self, key: usize, now: Instant) {
         self.now = now;
+        // Lines held back while it was paused go first (the rate timer and the turns of the
+        // room's budget take theirs themselves).
+        let ready = |p: &Peer<S>| matches!(p.reading, Reading::Ready { .. });
+        if self.peers.get(key).is_some_and(|p| ready(p) && p.codec.has_line()) {
+            self.take_lines(key, &[]);
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         let contended = self.outbox.flow.is_contended();
         let mut share = if contended {
@@ -518,9 +524,9 @@ impl<S: Socket> Engine<S> {
             );
             return None;
         }
-        let reply = match framing::datagram(bytes, self.config.max_line) {
-            Frame::TooLong => notice::too_long(self.config.max_line),
-            Frame::Line(raw) => match ack::answer(raw) {
+        let reply = match line::datagram(bytes, self.config.max_line) {
+            line::Frame::TooLong => notice::too_long(self.config.max_line),
+            line::Frame::Line(raw) => match ack::answer(raw) {
                 Answer::Ignore => return None,
                 Answer::Bye => notice::BYE.to_owned(),
                 Answer::Received { reply, text } => {
@@ -558,9 +564,10 @@ impl<S: Socket> Engine<S> {
     // ----- reading -----
 
     /// How many bytes the client may send now, if any. Also where a client that may not is
-    /// set to be woken: by the rate timer, in its turn for the room's budget, or (echo) by the
-    /// flush that empties its queue.
+    /// set to be woken: by the rate timer, in its turn for the room's budget, or by the flush
+    /// that brings its own queue down (see [`Engine::pause_mark`]).
     fn input_budget(&mut self, key: usize) -> Option<usize> {
+        let mark = self.pause_mark();
         let peer = self.peers.get_mut(key)?;
         if !matches!(peer.reading, Reading::Ready { .. }) || peer.state == State::Closed {
             return None;
@@ -568,14 +575,14 @@ impl<S: Socket> Engine<S> {
         if matches!(peer.state, State::Closing | State::Draining) {
             return Some(SCRATCH); // read and thrown away, so that the close is clean
         }
-        if self.service.is_echo() {
-            let room = self.config.max_pending.saturating_sub(peer.owed.len());
-            if room == 0 {
-                peer.reading = Reading::Paused;
-            }
-            return (room > 0).then_some(room.min(SCRATCH));
+        if peer.owed.len() >= mark {
+            peer.reading = Reading::Paused;
+            return None;
         }
-        if peer.framer.has_line() {
+        if self.service.is_echo() {
+            return Some((mark - peer.owed.len()).min(SCRATCH));
+        }
+        if peer.codec.has_line() {
             // Lines held back go first: on the rate timer, or in the client's turn.
             return None;
         }
@@ -601,8 +608,6 @@ impl<S: Socket> Engine<S> {
     fn received(&mut self, key: usize, bytes: &[u8]) {
         let peer = &mut self.peers[key];
         peer.last_input = self.now;
-        let first_read = peer.bytes_in == 0;
-        peer.bytes_in += bytes.len() as u64;
         if peer.state != State::Open {
             return; // on its way out: input is discarded
         }
@@ -611,8 +616,8 @@ impl<S: Socket> Engine<S> {
                 .outbox
                 .queue(&mut self.peers, key, bytes, &mut self.counters);
         }
-        if first_read && framing::is_tls_hello(bytes) {
-            return self.reject_foreign(key, notice::NOT_TLS, "sent a TLS handshake");
+        if let Some(foreign) = self.peers[key].codec.received(bytes) {
+            return self.reject_foreign(key, foreign);
         }
         self.take_lines(key, bytes);
     }
@@ -620,32 +625,38 @@ impl<S: Socket> Engine<S> {
     /// Frames `input` (after any lines held back) and acts on each line while the client's
     /// rate budget allows; what it may not send yet is kept, in order.
     fn take_lines(&mut self, key: usize, mut input: &[u8]) {
+        let mark = self.pause_mark();
         loop {
             let holding = self.holding();
             let Some(peer) = self.peers.get_mut(key) else {
                 return;
             };
-            if peer.state != State::Open || (input.is_empty() && !peer.framer.has_line()) {
+            if peer.state != State::Open || (input.is_empty() && !peer.codec.has_line()) {
                 return;
             }
             if let Some(bucket) = peer.lines.bucket.as_mut()
                 && !bucket.allows(self.now)
             {
                 let at = bucket.next_at(self.now);
-                peer.framer.keep(input);
+                peer.codec.keep(input);
                 return self.arm(key, Timer::RateResume, at);
             }
             // Checked before every line, not every read: one read can hold hundreds of lines,
-            // each a copy for every member.
+            // each a copy for every member, or a replay for the sender.
             if holding {
-                peer.framer.keep(input);
+                peer.codec.keep(input);
                 return self.wait_for_room(key);
             }
-            let Some(frame) = peer.framer.next(&mut input) else {
+            if peer.owed.len() >= mark {
+                peer.codec.keep(input);
+                peer.reading = Reading::Paused;
+                return;
+            }
+            let Some(frame) = peer.codec.next(&mut input) else {
                 return;
             };
             self.counters.lines_in += 1;
-            let first = peer.lines.record(self.now);
+            peer.lines.record(self.now);
             let from = (key, peer.addr);
             // Not `unix_now`: the frame borrows the connection, and with it `self`.
             let at = unix_secs(self.started_unix, self.started, self.now);
@@ -654,7 +665,7 @@ impl<S: Socket> Engine<S> {
                 &mut self.deliveries,
                 &self.config,
                 from,
-                (first, at),
+                at,
                 frame,
             );
             self.settle(key, verdict);
@@ -666,17 +677,17 @@ impl<S: Socket> Engine<S> {
         let Some(peer) = self.peers.get(key) else {
             return;
         };
-        if peer.state != State::Open || peer.framer.has_line() {
+        if peer.state != State::Open || peer.codec.has_line() {
             return;
         }
         if peer.reading == Reading::Ended {
             // Its last words: an unterminated line counts, then it leaves (once the rate
             // budget lets that line through, if it holds it back).
             self.end_line(key);
-            if self.peers.get(key).is_some_and(|p| !p.framer.has_line()) {
+            if self.peers.get(key).is_some_and(|p| !p.codec.has_line()) {
                 self.depart(key, None);
             }
-        } else if !peer.framer.is_empty()
+        } else if !peer.codec.is_empty()
             && let Some(quiet) = self.config.flush_partial
         {
             let at = peer.last_input + quiet;
@@ -697,7 +708,7 @@ impl<S: Socket> Engine<S> {
     /// and taken like any other (rate budget included).
     fn end_line(&mut self, key: usize) {
         if let Some(peer) = self.peers.get_mut(key) {
-            peer.framer.end_line();
+            peer.codec.end_line();
         }
         self.take_lines(key, &[]);
     }
@@ -708,12 +719,16 @@ impl<S: Socket> Engine<S> {
         match verdict {
             Verdict::Stay => {}
             Verdict::Close => self.depart(key, None),
-            Verdict::Foreign => self.reject_foreign(key, notice::NOT_HTTP, "sent an HTTP request"),
+            Verdict::Foreign(foreign) => self.reject_foreign(key, foreign),
         }
     }
 
     /// A client speaking another protocol gets one line of explanation and is closed.
-    fn reject_foreign(&mut self, key: usize, line: &str, reason: &str) {
+    fn reject_foreign(&mut self, key: usize, foreign: Foreign) {
+        let (line, reason) = match foreign {
+            Foreign::Http => (notice::NOT_HTTP, "sent an HTTP request"),
+            Foreign::Tls => (notice::NOT_TLS, "sent a TLS handshake"),
+        };
         let bytes = format!("{line}\n");
         self.outbox
             .queue(&mut self.peers, key, bytes.as_bytes(), &mut self.counters);
@@ -732,7 +747,7 @@ impl<S: Socket> Engine<S> {
             let mut batch = std::mem::take(&mut self.deliveries);
             for Delivery { to, event } in batch.drain(..) {
                 bytes.clear();
-                event.write_line(&mut bytes);
+                line::encode(&event, &mut bytes);
                 let (room, except) = match to {
                     To::One(key) => {
                         self.outbox
@@ -865,6 +880,7 @@ impl<S: Socket> Engine<S> {
     // ----- writing -----
 
     fn write_out(&mut self, key: usize) -> io::Result<()> {
+        let resume_below = self.pause_mark() / 2;
         let Some(peer) = self.peers.get_mut(key) else {
             return Ok(());
         };
@@ -872,6 +888,7 @@ impl<S: Socket> Engine<S> {
         if peer.state == State::Closed {
             return Ok(());
         }
+        let mut blocked = false;
         while !peer.owed.is_empty() {
             match peer.socket.write(&peer.owed.bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -894,16 +911,18 @@ impl<S: Socket> Engine<S> {
                         peer.overflowed = true;
                         self.outbox.overflowed.push(key);
                     }
-                    return Ok(());
+                    blocked = true;
+                    break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        if peer.state == State::Closing {
+        if peer.state == State::Closing && !blocked {
             if peer.reading == Reading::Ended {
                 // It has sent all it will send: nothing unread can turn the close into a reset.
                 self.close_now(key);
+                return Ok(());
             } else {
                 // Our end of the stream goes after every byte; then wait for its end, reading
                 // and discarding. Closing a socket with input unread sends a reset instead,
@@ -912,11 +931,25 @@ impl<S: Socket> Engine<S> {
                 peer.state = State::Draining;
                 self.ready.push(key); // input may be waiting already, with no event to come
             }
-        } else if peer.reading == Reading::Paused {
+        }
+        if peer.reading == Reading::Paused && peer.owed.len() < resume_below {
+            // Room again for its input; half the mark, so that it is read in batches.
             peer.reading = Reading::Ready { drained: false };
-            self.ready.push(key); // echo: room again for its input
+            self.ready.push(key);
         }
         Ok(())
+    }
+
+    /// A client owed this much is not read until its queue is down to half of it: what it
+    /// sends would add to what it has not read. In echo, everything it sends comes back; in
+    /// chat, its replies and replays do (`/history` asked again and again while reading
+    /// slowly), and its messages are held to its own pace as well as the room's.
+    fn pause_mark(&self) -> usize {
+        if self.service.is_echo() {
+            self.config.max_pending
+        } else {
+            self.outbox.flow.member_high()
+        }
     }
 
     // ----- timers -----
@@ -937,7 +970,7 @@ impl<S: Socket> Engine<S> {
         let (Some(quiet), Some(peer)) = (self.config.flush_partial, self.peers.get(key)) else {
             return;
         };
-        if peer.state != State::Open || peer.framer.is_empty() || peer.framer.has_line() {
+        if peer.state != State::Open || peer.codec.is_empty() || peer.codec.has_line() {
             return;
         }
         if peer.reading != (Reading::Ready { drained: true }) {
@@ -1094,12 +1127,11 @@ struct Tally {
     lines: usize,
 }
 
-/// What a frame means for its connection.
+/// What an input means for its connection.
 enum Verdict {
     Stay,
     Close,
-    /// The first line was an HTTP request.
-    Foreign,
+    Foreign(Foreign),
 }
 
 /// Acts on one frame from a client, by the server's mode. A free function over the parts it
@@ -1109,19 +1141,19 @@ fn on_frame(
     out: &mut Vec<Delivery>,
     config: &Config,
     (key, addr): (usize, SocketAddr),
-    (first, at): (bool, u64),
-    frame: Frame<'_>,
+    at: u64,
+    input: Input<'_>,
 ) -> Verdict {
-    match frame {
-        Frame::TooLong => {
+    match input {
+        Input::TooLong => {
             out.push(Delivery {
                 to: To::One(key),
                 event: Event::line(notice::too_long(config.max_line)),
             });
             Verdict::Stay
         }
-        Frame::Line(raw) if first && framing::is_http_request(raw) => Verdict::Foreign,
-        Frame::Line(raw) => match service.line(key, addr, raw, at, out) {
+        Input::Foreign(foreign) => Verdict::Foreign(foreign),
+        Input::Line(raw) => match service.line(key, addr, raw, at, out) {
             After::Stay => Verdict::Stay,
             After::Close => Verdict::Close,
         },

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::flow::Pace;
-use crate::framing::Framer;
+use crate::codec::line::LineCodec;
 use crate::rate::Bucket;
 
 /// Output capacity kept after a flush. A busy room refills every client's buffer each turn:
@@ -35,7 +35,8 @@ pub enum Reading {
     /// socket empty; until then, a pause in the client's input may be the server's doing (rate
     /// limit, fair share), not the client's.
     Ready { drained: bool },
-    /// Echo mode: not read until its output is written, so it cannot fill the server's memory.
+    /// Not read while its own queue is long (see `Engine::pause_mark`): what it sends would
+    /// only add to what it has not read.
     Paused,
     /// Waiting its turn for the room's budget, with input not yet taken.
     Waiting,
@@ -60,7 +61,8 @@ pub struct Peer<S> {
     /// Tells this connection's timers from those of an earlier one with the same key.
     pub generation: u64,
     pub state: State,
-    pub framer: Framer,
+    /// The wire format: lines in, events out.
+    pub codec: LineCodec,
     /// Bytes owed to the client, not yet taken by its socket.
     pub owed: Owed,
     pub reading: Reading,
@@ -69,7 +71,6 @@ pub struct Peer<S> {
     pub last_input: Instant,
     /// When the socket last took bytes: a closing client is given time while it keeps reading.
     pub last_output: Instant,
-    pub bytes_in: u64,
     /// Timer kinds that have an entry in the deadline heap (one bit each).
     pub timers: u8,
     pub writing: Writing,
@@ -82,7 +83,7 @@ impl<S> Peer<S> {
         socket: S,
         addr: SocketAddr,
         generation: u64,
-        framer: Framer,
+        codec: LineCodec,
         lines: Lines,
         now: Instant,
     ) -> Peer<S> {
@@ -91,7 +92,7 @@ impl<S> Peer<S> {
             addr,
             generation,
             state: State::Open,
-            framer,
+            codec,
             owed: Owed {
                 bytes: Vec::new(),
                 refused_since: None,
@@ -101,7 +102,6 @@ impl<S> Peer<S> {
             lines,
             last_input: now,
             last_output: now,
-            bytes_in: 0,
             timers: 0,
             writing: Writing::Idle,
             overflowed: false,
@@ -142,32 +142,25 @@ impl Owed {
     }
 }
 
-/// A client's lines as the limits see them. Kept apart from the framer, so that a line can be
-/// counted while the framer still lends it out.
+/// A client's lines as the limits see them. Kept apart from the codec, so that a line can be
+/// counted while the codec still lends it out.
 pub struct Lines {
     /// The rate budget; `None` when `--rate 0`.
     pub bucket: Option<Bucket>,
-    pub count: u64,
     /// When the last line arrived: the start of an idle period.
     pub last: Instant,
 }
 
 impl Lines {
     pub fn new(bucket: Option<Bucket>, now: Instant) -> Lines {
-        Lines {
-            bucket,
-            count: 0,
-            last: now,
-        }
+        Lines { bucket, last: now }
     }
 
-    /// Counts a line against the budget; returns whether it is the client's first.
-    pub fn record(&mut self, now: Instant) -> bool {
+    /// Counts a line against the budget.
+    pub fn record(&mut self, now: Instant) {
         if let Some(bucket) = self.bucket.as_mut() {
             bucket.spend();
         }
-        self.count += 1;
         self.last = now;
-        self.count == 1
     }
 }

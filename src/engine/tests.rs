@@ -111,7 +111,7 @@ fn the_rate_limit_delays_lines_and_never_drops_them() {
         assert_eq!(now[0], format!("guest1: m{}", got + 1), "in order");
         got += 5;
     }
-    let held = h.engine.peer(a).unwrap().framer.held();
+    let held = h.engine.peer(a).unwrap().codec.held();
     assert!(
         held <= 2 * 202,
         "{held} bytes held back: about a line's worth"

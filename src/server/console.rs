@@ -13,7 +13,7 @@ use std::thread;
 
 use mio::Waker;
 
-use crate::framing::{Frame, Framer};
+use crate::codec::line::{Frame, Framer};
 
 /// The longest console line; the operator is trusted, but stdin may be anything.
 const MAX_CONSOLE_LINE: usize = 4096;

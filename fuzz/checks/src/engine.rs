@@ -299,7 +299,7 @@ impl Run {
                     Some(word) => (*word).to_owned(),
                     // A line for one room (never the lobby, whose line looks like the one
                     // for everyone), or for everyone.
-                    None if b % 3 == 0 => format!("/say #a {}", self.tag(None)),
+                    None if b.is_multiple_of(3) => format!("/say #a {}", self.tag(None)),
                     None if b % 3 == 1 => format!("/say #b {}", self.tag(None)),
                     None => self.tag(None),
                 };
@@ -553,14 +553,17 @@ impl Run {
                     "client {c} left the table before it was handed back"
                 ));
             };
-            // Beyond a line or two (the rate limit's), only a client stopped by the room's
-            // budget in the middle of a read may hold input (lines waiting for its turn, or
-            // what is left of an over-long one, discarded when it next sends), and all of them
-            // together no more than a few turns' worth: each read is a share of a turn. A
-            // client on its way out keeps what it held until it is handed back.
-            let held = peer.framer.held();
+            // Beyond a line or two (the rate limit's), only a client stopped in the middle of a
+            // read, by the room's budget or by its own long queue, may hold input (lines
+            // waiting for its turn, or what is left of an over-long one, discarded when it
+            // next sends), and all of them together no more than a few turns' worth: each read
+            // is a share of a turn. A client on its way out keeps what it held until it is
+            // handed back.
+            let held = peer.codec.held();
             if held > 2 * (MAX_LINE + 2) && peer.state == State::Open {
-                if peer.reading != Reading::Waiting && peer.framer.has_line() {
+                // (Or one just resumed, which the loop reads again before it sleeps.)
+                let stopped = matches!(peer.reading, Reading::Waiting | Reading::Paused);
+                if !stopped && peer.codec.has_line() && !self.engine.has_ready() {
                     self.fail(format!(
                         "client {c}: {held} bytes of input held while {:?}",
                         peer.reading
@@ -675,7 +678,7 @@ impl Run {
             .map(|&key| {
                 let peer = self.engine.peer(key).expect("in the table");
                 let unread: usize = peer.socket.input.iter().map(Vec::len).sum();
-                unread + peer.framer.held() + peer.owed.len()
+                unread + peer.codec.held() + peer.owed.len()
             })
             .sum();
         (self.accepted.len(), bytes, self.by_key.len())
@@ -687,9 +690,7 @@ impl Run {
             let peer = self.engine.peer(key).expect("in the table");
             peer.owed.is_empty()
                 && (peer.state != State::Open
-                    || (peer.socket.input.is_empty()
-                        && !peer.socket.eof
-                        && !peer.framer.has_line()))
+                    || (peer.socket.input.is_empty() && !peer.socket.eof && !peer.codec.has_line()))
         })
     }
 

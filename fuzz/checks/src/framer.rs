@@ -1,6 +1,6 @@
 //! The line framer against the slow and obvious reading of its specification.
 
-use loopchat::framing::{Frame, Framer};
+use loopchat::codec::line::{Frame, Framer};
 
 use crate::Input;
 

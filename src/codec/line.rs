@@ -1,9 +1,19 @@
-//! Bytes to lines: the line framer, the length cap, and the recognition of clients that speak
-//! another protocol (HTTP, TLS) to the chat port. Pure: no sockets, no clocks.
+//! The line codec: loopchat's text protocol, both ways. Pure: no sockets, no clocks.
 //!
-//! TCP delivers a stream of bytes, not messages: one `read` may return half a line, or ten
+//! In: TCP delivers a stream of bytes, not messages: one `read` may return half a line, or ten
 //! lines and the start of an eleventh. [`Framer`] turns whatever the reads return into whole
-//! lines, while holding at most about one line of a client's input, whatever it sends.
+//! lines, while holding at most about one line of a client's input, whatever it sends; the
+//! length cap applies there. [`LineCodec`] adds what a connection's first bytes say: a client
+//! that speaks HTTP or TLS to the chat port is recognised, not broadcast.
+//!
+//! Out: [`encode`] writes an event as one text line. A room other than the lobby shows as a
+//! `[#room] ` in front of the line; the lobby shows as nothing, since its lines keep the form
+//! they had when it was the only room.
+
+use std::fmt::Write as _;
+
+use crate::config::rooms::LOBBY;
+use crate::event::{Author, Event, Message};
 
 /// What the framer found in the stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -184,6 +194,137 @@ fn judge(max_line: usize, line: &[u8]) -> Frame<'_> {
 
 fn find_lf(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
+}
+
+/// One connection's side of the line protocol: its framer, and whether its first bytes and
+/// first line are still to come (they are looked at for another protocol).
+#[derive(Debug)]
+pub struct LineCodec {
+    framer: Framer,
+    first_bytes: bool,
+    first_line: bool,
+}
+
+/// What a connection's input means.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input<'a> {
+    Line(&'a [u8]),
+    /// A line over the cap: the client is told, once per line.
+    TooLong,
+    /// The client speaks another protocol: it gets a line of explanation and is closed.
+    Foreign(Foreign),
+}
+
+impl LineCodec {
+    pub fn new(max_line: usize) -> LineCodec {
+        LineCodec {
+            framer: Framer::new(max_line),
+            first_bytes: true,
+            first_line: true,
+        }
+    }
+
+    /// Bytes as they were read, before they are framed: the first ones may be a TLS handshake,
+    /// which has no line in it to look at.
+    pub fn received(&mut self, bytes: &[u8]) -> Option<Foreign> {
+        if bytes.is_empty() || !std::mem::take(&mut self.first_bytes) {
+            return None;
+        }
+        is_tls_hello(bytes).then_some(Foreign::Tls)
+    }
+
+    /// The next input from the bytes held back plus `input` (see [`Framer::next`]). The first
+    /// line may be an HTTP request.
+    pub fn next<'s, 'a: 's>(&'s mut self, input: &mut &'a [u8]) -> Option<Input<'s>> {
+        let frame = self.framer.next(input)?;
+        let first = std::mem::take(&mut self.first_line);
+        Some(match frame {
+            Frame::Line(raw) if first && is_http_request(raw) => Input::Foreign(Foreign::Http),
+            Frame::Line(raw) => Input::Line(raw),
+            Frame::TooLong => Input::TooLong,
+        })
+    }
+
+    /// See [`Framer::keep`].
+    pub fn keep(&mut self, rest: &[u8]) {
+        self.framer.keep(rest);
+    }
+
+    /// See [`Framer::end_line`].
+    pub fn end_line(&mut self) {
+        self.framer.end_line();
+    }
+
+    /// See [`Framer::is_empty`].
+    pub fn is_empty(&self) -> bool {
+        self.framer.is_empty()
+    }
+
+    /// See [`Framer::has_line`].
+    pub fn has_line(&self) -> bool {
+        self.framer.has_line()
+    }
+
+    /// See [`Framer::held`].
+    pub fn held(&self) -> usize {
+        self.framer.held()
+    }
+}
+
+/// An event as a text line, with its newline, appended to `out`.
+pub fn encode(event: &Event, out: &mut Vec<u8>) {
+    let mut s = String::new();
+    match event {
+        Event::Line(line) => s.push_str(line),
+        Event::Said { room, message } => {
+            prefix(&mut s, room);
+            write_message(&mut s, message);
+        }
+        Event::Notice { room, line } => {
+            prefix(&mut s, room);
+            s.push_str(line);
+        }
+        Event::Replayed { room, message, at } => {
+            prefix(&mut s, room);
+            let secs = at % 86_400;
+            let (h, m, sec) = (secs / 3600, secs / 60 % 60, secs % 60);
+            let _ = write!(s, "[history {h:02}:{m:02}:{sec:02}] ");
+            write_message(&mut s, message);
+        }
+    }
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'\n');
+}
+
+/// An event as a text line without its newline: for tests, and readers of the transcript.
+pub fn render(event: &Event) -> String {
+    let mut out = Vec::new();
+    encode(event, &mut out);
+    out.pop();
+    String::from_utf8(out).expect("events are text")
+}
+
+/// `[#room] ` for every room but the lobby.
+fn prefix(s: &mut String, room: &str) {
+    if room != LOBBY {
+        s.push('[');
+        s.push_str(room);
+        s.push_str("] ");
+    }
+}
+
+/// `alice: text`, `* alice text`, `127.0.0.1:9: text`, `SERVER: text`.
+fn write_message(s: &mut String, message: &Message) {
+    let author: &dyn std::fmt::Display = match &message.author {
+        Author::Client(name) => name,
+        Author::Datagram(addr) => addr,
+        Author::Operator => &"SERVER",
+    };
+    let _ = if message.action {
+        write!(s, "* {author} {}", message.text)
+    } else {
+        write!(s, "{author}: {}", message.text)
+    };
 }
 
 /// A datagram is one message: a trailing LF or CRLF (as `nc -u` sends) is dropped, and the
@@ -406,5 +547,60 @@ mod tests {
                         got.extend(drain(&mut f));
             prop_assert_eq!(got, model(50, &stream));
         }
+    }
+
+    // ----- out: events as lines -----
+
+    fn said(room: &str, message: Message) -> String {
+        render(&Event::Said {
+            room: room.into(),
+            message,
+        })
+    }
+
+    #[test]
+    fn the_lobby_keeps_the_old_lines_and_other_rooms_are_named() {
+        let alice = || Author::Client("alice".into());
+        assert_eq!(said("#lobby", Message::say(alice(), "hi")), "alice: hi");
+        assert_eq!(
+            said("#lobby", Message::act(alice(), "waves")),
+            "* alice waves"
+        );
+        assert_eq!(
+            said("#lobby", Message::say(Author::Operator, "hola")),
+            "SERVER: hola"
+        );
+        let udp = Author::Datagram("127.0.0.1:9".parse().unwrap());
+        assert_eq!(said("#lobby", Message::say(udp, "x")), "127.0.0.1:9: x");
+        assert_eq!(
+            said("#Rust", Message::say(alice(), "hi")),
+            "[#Rust] alice: hi"
+        );
+        let notice = Event::Notice {
+            room: "#Rust".into(),
+            line: "[SERVER] bob joined".into(),
+        };
+        assert_eq!(render(&notice), "[#Rust] [SERVER] bob joined");
+    }
+
+    #[test]
+    fn history_shows_its_time_of_day_in_utc() {
+        let replayed = |room: &str| Event::Replayed {
+            room: room.into(),
+            message: Message::say(Author::Client("bob".into()), "earlier"),
+            // 2026-11-28 20:05:09 UTC
+            at: 1_795_896_309,
+        };
+        assert_eq!(
+            render(&replayed("#lobby")),
+            "[history 20:05:09] bob: earlier"
+        );
+        assert_eq!(
+            render(&replayed("#rust")),
+            "[#rust] [history 20:05:09] bob: earlier"
+        );
+        let mut out = Vec::new();
+        encode(&replayed("#rust"), &mut out);
+        assert!(out.ends_with(b"earlier\n"));
     }
 }
