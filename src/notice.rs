@@ -101,12 +101,19 @@ pub fn topic_set(name: &str, topic: &str) -> String {
 
 /// After a replay of a room's history, whether or not it had anything to replay.
 pub fn end_of_history(messages: usize) -> String {
-    format!("[SERVER] End of history ({messages} messages)")
+    let s = plural(messages);
+    format!("[SERVER] End of history ({messages} message{s})")
 }
 
 /// The first line of `/rooms`.
 pub fn rooms(count: usize) -> String {
-    format!("[SERVER] {count} rooms:")
+    let s = plural(count);
+    format!("[SERVER] {count} room{s}:")
+}
+
+/// The `s` of a count that is not one.
+fn plural(count: usize) -> &'static str {
+    if count == 1 { "" } else { "s" }
 }
 
 /// One room in `/rooms`.

@@ -542,6 +542,7 @@ fn the_console_speaks_to_one_room() {
     // It is kept for those who join later.
     let replay = say(&mut c, 1, "/history");
     assert_eq!(replay[0].1, "[#a] [history 20:05:09] SERVER: hello room");
+    assert_eq!(replay[1].1, "[#a] [SERVER] End of history (1 message)");
 }
 
 // ----- history -----

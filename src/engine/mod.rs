@@ -271,7 +271,11 @@ impl<S: Socket> Engine<S> {
         // Lines held back while it was paused go first (the rate timer and the turns of the
         // room's budget take theirs themselves).
         let ready = |p: &Peer<S>| matches!(p.reading, Reading::Ready { .. });
-        if self.peers.get(key).is_some_and(|p| ready(p) && p.codec.has_line()) {
+        if self
+            .peers
+            .get(key)
+            .is_some_and(|p| ready(p) && p.codec.has_line())
+        {
             self.take_lines(key, &[]);
         }
         let mut scratch = std::mem::take(&mut self.scratch);
