@@ -47,7 +47,7 @@ use admission::Admission;
 use deadlines::{Deadlines, Timer};
 pub use flow::Pace;
 use flow::{Change, Flow};
-use peer::Lines;
+use peer::{Got, Lines};
 pub use peer::{Peer, Reading, State, Writing};
 use stats::{Counters, Rates};
 
@@ -288,26 +288,19 @@ impl<S: Socket> Engine<S> {
         };
         while let Some(want) = self.input_budget(key) {
             let peer = &mut self.peers[key];
-            let n = match peer.socket.read(&mut scratch[..want.min(share)]) {
-                Ok(0) if peer.state == State::Draining => {
+            let n = match peer.read(&mut scratch[..want.min(share)]) {
+                Got::Bytes(n) => n,
+                Got::Nothing => break,
+                Got::End if peer.state == State::Draining => {
                     // The client has read our end of the stream and closed its own.
                     self.close_now(key);
                     break;
                 }
-                Ok(0) => {
+                Got::End => {
                     peer.reading = Reading::Ended;
                     break;
                 }
-                Ok(n) => {
-                    peer.reading = Reading::Ready { drained: false };
-                    n
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    peer.reading = Reading::Ready { drained: true };
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
+                Got::Failed(e) => {
                     self.drop_failed(key, &e);
                     break;
                 }
@@ -892,37 +885,22 @@ impl<S: Socket> Engine<S> {
         if peer.state == State::Closed {
             return Ok(());
         }
-        let mut blocked = false;
-        while !peer.owed.is_empty() {
-            match peer.socket.write(&peer.owed.bytes) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.outbox.flow.taken(peer.owed.len(), n);
-                    self.counters.bytes_out += n as u64;
-                    let behind = peer.owed.pace == Pace::Behind;
-                    peer.wrote(n);
-                    if behind && peer.owed.pace == Pace::Keeping {
-                        self.outbox.flow.caught_up(key);
-                    }
-                    peer.last_output = self.now;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    peer.writing = Writing::Blocked;
-                    peer.owed.refused_since.get_or_insert(self.now);
-                    // Too slow is judged here, on what the kernel refused, never on what one
-                    // turn queued before its first write.
-                    if peer.owed.len() > self.outbox.max_pending && !peer.overflowed {
-                        peer.overflowed = true;
-                        self.outbox.overflowed.push(key);
-                    }
-                    blocked = true;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        let wrote = peer.write_owed(self.now);
+        self.outbox.flow.taken(wrote.before, wrote.bytes);
+        self.counters.bytes_out += wrote.bytes as u64;
+        if wrote.caught_up {
+            self.outbox.flow.caught_up(key);
         }
-        if peer.state == State::Closing && !blocked {
+        if let Some(e) = wrote.error {
+            return Err(e);
+        }
+        // Too slow is judged here, on what the kernel refused, never on what one turn queued
+        // before its first write.
+        if wrote.blocked && peer.owed.len() > self.outbox.max_pending && !peer.overflowed {
+            peer.overflowed = true;
+            self.outbox.overflowed.push(key);
+        }
+        if peer.state == State::Closing && !wrote.blocked {
             if peer.reading == Reading::Ended {
                 // It has sent all it will send: nothing unread can turn the close into a reset.
                 self.close_now(key);

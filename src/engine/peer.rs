@@ -2,9 +2,11 @@
 //! and where it stands with the limits. The socket itself is the event loop's, carried along
 //! as an opaque `S` so that one table holds everything about a connection.
 
+use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::Socket;
 use super::flow::Pace;
 use crate::codec::line::LineCodec;
 use crate::rate::Bucket;
@@ -109,7 +111,7 @@ impl<S> Peer<S> {
     }
 
     /// The socket took `n` bytes of what is owed. A client that has taken everything keeps up.
-    pub fn wrote(&mut self, n: usize) {
+    fn wrote(&mut self, n: usize) {
         let owed = &mut self.owed;
         owed.bytes.drain(..n);
         if owed.bytes.is_empty() {
@@ -119,6 +121,90 @@ impl<S> Peer<S> {
                 owed.bytes = Vec::new();
             }
         }
+    }
+}
+
+/// What one read of a connection's socket found.
+pub enum Got {
+    Bytes(usize),
+    /// Nothing now (WouldBlock): the next event says when there is more.
+    Nothing,
+    /// The end of the stream: the client closed its side.
+    End,
+    Failed(io::Error),
+}
+
+/// What writing a connection's queue did, for the engine's books.
+pub struct Wrote {
+    /// The queue's length before.
+    pub before: usize,
+    /// Bytes the socket took.
+    pub bytes: usize,
+    /// The socket refused more while bytes were still owed.
+    pub blocked: bool,
+    /// It was behind and its queue emptied: it keeps up again.
+    pub caught_up: bool,
+    pub error: Option<io::Error>,
+}
+
+impl<S: Socket> Peer<S> {
+    /// Reads what the socket has, up to `buf`'s length, and notes where reading stands.
+    pub fn read(&mut self, buf: &mut [u8]) -> Got {
+        loop {
+            return match self.socket.read(buf) {
+                Ok(0) => Got::End,
+                Ok(n) => {
+                    self.reading = Reading::Ready { drained: false };
+                    Got::Bytes(n)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.reading = Reading::Ready { drained: true };
+                    Got::Nothing
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Got::Failed(e),
+            };
+        }
+    }
+
+    /// Writes what the client is owed until all is written or its socket is full. The engine
+    /// settles its books (the room's budget, the counters, who is too slow) from the result.
+    pub fn write_owed(&mut self, now: Instant) -> Wrote {
+        let before = self.owed.len();
+        let was_behind = self.owed.pace == Pace::Behind;
+        let mut wrote = Wrote {
+            before,
+            bytes: 0,
+            blocked: false,
+            caught_up: false,
+            error: None,
+        };
+        while !self.owed.is_empty() {
+            match self.socket.write(&self.owed.bytes) {
+                Ok(0) => {
+                    wrote.error = Some(io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(n) => {
+                    wrote.bytes += n;
+                    self.wrote(n);
+                    self.last_output = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writing = Writing::Blocked;
+                    self.owed.refused_since.get_or_insert(now);
+                    wrote.blocked = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    wrote.error = Some(e);
+                    break;
+                }
+            }
+        }
+        wrote.caught_up = was_behind && self.owed.pace == Pace::Keeping;
+        wrote
     }
 }
 

@@ -166,7 +166,7 @@ fn console_line(line: &str) {
         ConsoleCommand::SayIn { room, text } => {
             assert!(is_word(room) && room.starts_with('#'), "{line:?}: {room:?}");
             assert!(
-                line.ends_with(text),
+                !text.is_empty() && line.trim_end().ends_with(text),
                 "{line:?}: the text is the rest of the line"
             );
         }
