@@ -377,7 +377,7 @@ fn room_names_and_limits_are_refused_with_the_reason() {
     for n in 1..PER_CLIENT {
         say(&mut c, 1, &format!("/join #r{n}"));
     }
-    assert_eq!(c.rooms_of(1).len(), PER_CLIENT);
+    assert_eq!(c.rooms_of(1).count(), PER_CLIENT);
     assert_eq!(
         say(&mut c, 1, "/join #more"),
         [out(To::One(1), &notice::too_many_rooms(PER_CLIENT))]
