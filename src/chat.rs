@@ -105,6 +105,10 @@ impl Chat {
         members.chain(everyone.into_iter().flatten())
     }
 
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+
     pub fn contains(&self, id: ClientId) -> bool {
         self.directory.contains(id)
     }

@@ -27,6 +27,23 @@ pub enum Udp {
     Port(u16),
 }
 
+/// The web door on the chat port (src/web.rs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Web {
+    /// Origins besides this server's own whose pages may open a WebSocket (`*`: any).
+    pub origins: Vec<String>,
+    pub metrics: MetricsAccess,
+}
+
+/// Who may read `GET /metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// Clients on this machine (127.0.0.1, ::1) only.
+    Loopback,
+    Anywhere,
+    Off,
+}
+
 /// Everything the server needs to know before it starts.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -73,6 +90,9 @@ pub struct Config {
     /// Messages each room keeps for those who join it later (0 = none); bounded in bytes too
     /// ([`rooms::HISTORY_BYTES`]).
     pub history: usize,
+    /// The web door (the chat page, WebSocket clients, `/metrics`) in chat mode; `None` with
+    /// `--no-web`, or in echo and ack mode.
+    pub web: Option<Web>,
     /// The first line every client receives.
     pub welcome: String,
     /// Read operator commands from standard input.
@@ -180,6 +200,20 @@ pub mod rooms {
     }
 }
 
+/// The web door's timing (src/web.rs; docs/protocol.md, "The web door").
+pub mod web {
+    use std::time::Duration;
+
+    /// With the web door open, how long a new connection that has sent nothing waits for its
+    /// welcome: a browser sends its request at once, a chat client waits to be greeted, and the
+    /// greeting cannot be taken back once sent. A browser's request arrives with the end of the
+    /// TCP handshake, so this only has to be long next to a packet's delay on the same path.
+    pub const GREET: Duration = Duration::from_millis(50);
+    /// How long a request head may take to arrive, whole: a client that sends it a byte at a
+    /// time (slowloris) loses its connection after this.
+    pub const HANDSHAKE: Duration = Duration::from_secs(5);
+}
+
 /// Why the command line could not be used, printed above the usage text.
 #[derive(Debug)]
 pub struct UsageError(pub String);
@@ -275,6 +309,23 @@ fn options() -> Options {
         "messages each room keeps for newcomers, 0 = none",
         "K",
     );
+    o.optflag(
+        "",
+        "no-web",
+        "no chat page, WebSocket clients or /metrics on the chat port",
+    );
+    o.optmulti(
+        "",
+        "ws-origin",
+        "also let pages from ORIGIN (e.g. https://example.org, or *) open a chat",
+        "ORIGIN",
+    );
+    o.optopt(
+        "",
+        "metrics",
+        "who may GET /metrics: loopback (default), any, or off",
+        "WHO",
+    );
     o.optopt("", "welcome", "the first line each client receives", "TEXT");
     o.optflag("", "no-console", "do not read operator commands from stdin");
     o.optflag("q", "quiet", "print only the listening address on stdout");
@@ -350,6 +401,20 @@ pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Parsed, UsageEr
     let secs: u64 = number(&m, "idle-timeout", 0)?;
     let ms: u64 = number(&m, "flush-partial", defaults::FLUSH_PARTIAL_MS)?;
     let keepalive: u64 = number(&m, "keepalive", defaults::KEEPALIVE_SECS)?;
+    let metrics = match m.opt_str("metrics").as_deref() {
+        None | Some("loopback") => MetricsAccess::Loopback,
+        Some("any") => MetricsAccess::Anywhere,
+        Some("off") => MetricsAccess::Off,
+        Some(other) => {
+            return Err(UsageError(format!(
+                "--metrics: {other}: use loopback, any or off"
+            )));
+        }
+    };
+    let web = (mode == Mode::Chat && !m.opt_present("no-web")).then(|| Web {
+        origins: m.opt_strs("ws-origin"),
+        metrics,
+    });
     let history = number(&m, "history", defaults::HISTORY)?;
     if history > rooms::MAX_HISTORY {
         return Err(UsageError(format!(
@@ -374,6 +439,7 @@ pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Parsed, UsageEr
         flush_partial: (ms > 0).then(|| Duration::from_millis(ms)),
         announce_limit: number(&m, "announce-limit", defaults::ANNOUNCE_LIMIT)?,
         history,
+        web,
         welcome: m
             .opt_str("welcome")
             .unwrap_or_else(|| defaults::WELCOME.into()),
@@ -452,6 +518,7 @@ mod tests {
             &["--mode", "telepathy"],
             &["--udp-port", "x"],
             &["--history", "1001"],
+            &["--metrics", "everyone"],
             &["--bogus"],
             &["stray"],
         ] {

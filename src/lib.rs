@@ -7,7 +7,8 @@
 //!
 //! - [`config`]: command-line flags to [`config::Config`], every limit named with its reason.
 //! - [`codec`]: a connection's wire format, with no I/O: [`codec::line`] frames bytes into
-//!   lines (the length cap, flush-partial, recognising HTTP and TLS) and writes events as lines.
+//!   lines (the length cap, flush-partial, recognising HTTP and TLS) and writes events as lines;
+//!   [`codec::websocket`] does the same for WebSocket frames; [`codec::http`] reads a request.
 //! - [`text`]: raw line to safe text (UTF-8 repair, no terminal control characters).
 //! - [`command`]: line to [`command::Command`], for clients and for the operator console.
 //! - [`directory`]: who is called what, server-wide: guest names, `/nick`, finding a name.
@@ -21,6 +22,8 @@
 //! - [`notice`]: every line the server says in its own voice.
 //! - [`engine`]: the whole server without sockets or clock: buffers, limits, timers, routing
 //!   events to their recipients, and the flow control (`engine/flow.rs`).
+//! - [`web`]: the web door on the chat port: the chat page, the WebSocket handshake,
+//!   `/metrics`.
 //! - [`server`]: the mio shell: poll, sockets, accept limits, console, signals, stdout.
 //! - [`client`]: the bundled command-line client.
 
@@ -40,3 +43,4 @@ pub mod room;
 pub mod server;
 pub mod service;
 pub mod text;
+pub mod web;

@@ -33,6 +33,11 @@ impl Service {
         self.chat.audience(room)
     }
 
+    /// Rooms there are (none outside chat mode).
+    pub fn rooms(&self) -> usize {
+        self.chat.rooms()
+    }
+
     /// A new connection: in chat a member with a name; otherwise a line in the transcript.
     pub fn join(&mut self, id: ClientId, addr: SocketAddr, out: &mut Vec<Delivery>) {
         match self.mode {

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, SockOpts, WAIT, have, proc_status_kb, run_bounded};
+use common::{Client, Console, Launch, Server, SockOpts, WAIT, have, proc_status_kb, run_bounded};
 
 const BYE: &str = "[SERVER] Bye!";
 const TOO_LONG: &str = "[SERVER] Error: message too long (max 200 bytes)";
@@ -522,7 +522,8 @@ fn udp_port_0_picks_a_free_port_shown_on_the_second_line() {
 /// Seed 000: a client and the server's operator take turns; `exit()` ends it.
 #[test]
 fn seed_000_one_to_one_chat_with_the_operator_ends_with_exit() {
-    let mut server = Server::start_with_console(&[]);
+    // As people run it: the web door open, the client greeted once it is known to be none.
+    let mut server = Launch::new(&[]).console(Console::Piped).web().start();
     let mut client = server.client();
     let name = client.name.clone();
     server.expect_out(&format!("[SERVER] Client: {name} connected!"));

@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{Client, Reaper, Server, WAIT, WELCOME, have, intro, lines_channel, run_bounded};
+use common::{
+    Client, Launch, Reaper, Server, WAIT, WELCOME, have, intro, lines_channel, run_bounded,
+};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -50,7 +52,7 @@ fn a_message_piped_through_nc_reaches_another_client() {
     if nc_missing() {
         return;
     }
-    let server = Server::start(&[]);
+    let server = Launch::new(&[]).web().start();
     let mut bob = server.named("bob");
     let shown = nc(&server, &["-q", "1"], b"hello from nc\n/who\n");
     let name = joined(&mut bob);
@@ -72,7 +74,7 @@ fn a_newline_less_message_from_nc_is_delivered_when_it_closes() {
     if nc_missing() {
         return;
     }
-    let server = Server::start(&["--flush-partial", "0"]);
+    let server = Launch::new(&["--flush-partial", "0"]).web().start();
     let mut bob = server.named("bob");
     // Like `printf 'typed without enter' | nc -N host port`: -N shuts the socket down at EOF.
     let shown = nc(&server, &["-N"], b"typed without enter");
@@ -87,7 +89,7 @@ fn an_interactive_nc_session_talks_both_ways() {
     if nc_missing() {
         return;
     }
-    let server = Server::start(&[]);
+    let server = Launch::new(&[]).web().start();
     let mut bob = server.named("bob");
     let port = server.addr.port().to_string();
     let mut nc = Reaper(

@@ -21,6 +21,10 @@ pub enum Timer {
     Idle,
     /// A closing client has had its chance to read its last lines.
     Linger,
+    /// A new connection has sent nothing: it is a chat client, to be greeted.
+    Greet,
+    /// A request head is still not whole.
+    Handshake,
 }
 
 impl Timer {

@@ -35,7 +35,10 @@ use slab::Slab;
 
 use crate::ack::{self, Answer};
 use crate::chat::{After, Chat, ConsoleAfter, Limits};
-use crate::codec::line::{self, Foreign, Input, LineCodec};
+use crate::codec::http;
+use crate::codec::line::{self, Foreign, LineCodec};
+use crate::codec::websocket::{self, Decoder, status};
+use crate::codec::{Codec, Input};
 use crate::command;
 use crate::config::{self, Config};
 use crate::event::{Delivery, Event, To};
@@ -43,6 +46,7 @@ use crate::notice;
 use crate::rate::{Bucket, Budgets};
 use crate::service::Service;
 use crate::text;
+use crate::web::{self, Asker};
 use admission::Admission;
 use deadlines::{Deadlines, Timer};
 pub use flow::Pace;
@@ -243,7 +247,12 @@ impl<S: Socket> Engine<S> {
         self.open += 1;
         self.next_generation += 1;
         let bucket = (self.config.rate > 0).then(|| Bucket::new(self.config.rate, now));
-        let codec = LineCodec::new(self.config.max_line);
+        // With the web door open, a connection is greeted only once it is known not to be a
+        // browser's request (see `config::web::GREET`).
+        let codec = match self.config.web {
+            Some(_) => Codec::Unsure,
+            None => Codec::Line(LineCodec::new(self.config.max_line)),
+        };
         let peer = Peer::new(
             socket,
             addr,
@@ -253,12 +262,39 @@ impl<S: Socket> Engine<S> {
             now,
         );
         let key = self.peers.insert(peer);
+        match self.peers[key].codec {
+            Codec::Unsure => self.arm(key, Timer::Greet, now + config::web::GREET),
+            _ => self.welcome(key),
+        }
+        Ok(key)
+    }
+
+    /// A connection that has sent nothing, or something that is no web request, is a chat
+    /// client of the line protocol.
+    fn greet(&mut self, key: usize) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        if !matches!(peer.codec, Codec::Unsure) || peer.state != State::Open {
+            return;
+        }
+        peer.codec = Codec::Line(LineCodec::new(self.config.max_line));
+        self.welcome(key);
+    }
+
+    /// A connection is a chat client from now on (or, in echo and ack mode, a client of the
+    /// service): welcomed, announced, and timed for silence from now.
+    fn welcome(&mut self, key: usize) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        peer.lines.last = self.now;
+        let addr = peer.addr;
         if let Some(idle) = self.config.idle_timeout {
-            self.arm(key, Timer::Idle, now + idle);
+            self.arm(key, Timer::Idle, self.now + idle);
         }
         self.service.join(key, addr, &mut self.deliveries);
         self.deliver();
-        Ok(key)
     }
 
     /// The client's socket is readable, or may be: reads until it has nothing more
@@ -415,6 +451,8 @@ impl<S: Socket> Engine<S> {
                 Timer::RateResume => self.resume(key),
                 Timer::Idle => self.check_idle(key),
                 Timer::Linger => self.check_linger(key),
+                Timer::Greet => self.greet(key),
+                Timer::Handshake => self.handshake_over(key),
             }
         }
     }
@@ -609,11 +647,20 @@ impl<S: Socket> Engine<S> {
             return; // on its way out: input is discarded
         }
         if self.service.is_echo() {
-            return self
-                .outbox
-                .queue(&mut self.peers, key, bytes, &mut self.counters);
+            return self.send(key, bytes);
         }
-        if let Some(foreign) = self.peers[key].codec.received(bytes) {
+        if matches!(self.peers[key].codec, Codec::Unsure) {
+            // The first bytes: a browser's request, or a chat client that spoke first.
+            if http::starts_request(bytes) {
+                self.peers[key].codec = Codec::Http(http::HeadReader::default());
+                self.arm(key, Timer::Handshake, self.now + config::web::HANDSHAKE);
+            } else {
+                self.greet(key);
+            }
+        }
+        if let Codec::Line(codec) = &mut self.peers[key].codec
+            && let Some(foreign) = codec.received(bytes)
+        {
             return self.reject_foreign(key, foreign);
         }
         self.take_lines(key, bytes);
@@ -631,7 +678,10 @@ impl<S: Socket> Engine<S> {
             if peer.state != State::Open || (input.is_empty() && !peer.codec.has_line()) {
                 return;
             }
-            if let Some(bucket) = peer.lines.bucket.as_mut()
+            // A request head is read whole, whatever the chat's limits: its answer is at once.
+            let chat = peer.codec.is_chat();
+            if chat
+                && let Some(bucket) = peer.lines.bucket.as_mut()
                 && !bucket.allows(self.now)
             {
                 let at = bucket.next_at(self.now);
@@ -640,11 +690,11 @@ impl<S: Socket> Engine<S> {
             }
             // Checked before every line, not every read: one read can hold hundreds of lines,
             // each a copy for every member, or a replay for the sender.
-            if holding {
+            if chat && holding {
                 peer.codec.keep(input);
                 return self.wait_for_room(key);
             }
-            if peer.owed.len() >= mark {
+            if chat && peer.owed.len() >= mark {
                 peer.codec.keep(input);
                 peer.reading = Reading::Paused;
                 return;
@@ -676,6 +726,12 @@ impl<S: Socket> Engine<S> {
         };
         if peer.state != State::Open || peer.codec.has_line() {
             return;
+        }
+        if peer.reading == Reading::Ended && matches!(peer.codec, Codec::Unsure) {
+            // It left before saying anything: a chat client all the same, as without the web
+            // door (greeted, and its leaving announced).
+            self.greet(key);
+            return self.after_input(key);
         }
         if peer.reading == Reading::Ended {
             // Its last words: an unterminated line counts, then it leaves (once the rate
@@ -710,13 +766,23 @@ impl<S: Socket> Engine<S> {
         self.take_lines(key, &[]);
     }
 
-    /// Delivers what a frame produced and carries out what it means for the connection.
+    /// Delivers what an input produced and carries out what it means for the connection.
     fn settle(&mut self, key: usize, verdict: Verdict) {
         self.deliver();
         match verdict {
             Verdict::Stay => {}
             Verdict::Close => self.depart(key, None),
             Verdict::Foreign(foreign) => self.reject_foreign(key, foreign),
+            Verdict::Request(request) => self.web_request(key, &request),
+            Verdict::BadRequest(status) => {
+                self.send(key, &web::refusal(status));
+                self.depart(key, None);
+            }
+            Verdict::Reply(bytes) => self.send(key, &bytes),
+            Verdict::CloseWith(bytes) => {
+                self.send(key, &bytes);
+                self.depart(key, None);
+            }
         }
     }
 
@@ -726,10 +792,68 @@ impl<S: Socket> Engine<S> {
             Foreign::Http => (notice::NOT_HTTP, "sent an HTTP request"),
             Foreign::Tls => (notice::NOT_TLS, "sent a TLS handshake"),
         };
-        let bytes = format!("{line}\n");
-        self.outbox
-            .queue(&mut self.peers, key, bytes.as_bytes(), &mut self.counters);
+        self.send_line(key, line);
         self.depart(key, Some(reason));
+    }
+
+    /// An HTTP request through the web door: answered and closed, or a WebSocket chat client
+    /// from now on, welcomed like any other.
+    fn web_request(&mut self, key: usize, request: &http::Request) {
+        let (Some(web), Some(peer)) = (&self.config.web, self.peers.get(key)) else {
+            return;
+        };
+        let asker = Asker {
+            loopback: peer.addr.ip().is_loopback(),
+        };
+        let answer = web::answer(web, request, &asker, || self.metrics());
+        match answer {
+            web::Answer::Close(bytes) => {
+                self.send(key, &bytes);
+                self.depart(key, None);
+            }
+            web::Answer::Upgrade(bytes) => {
+                self.send(key, &bytes);
+                self.peers[key].codec = Codec::WebSocket(Decoder::new(self.config.max_line));
+                self.welcome(key);
+            }
+        }
+    }
+
+    /// The server's figures for `/metrics`: those of `/stats`, as Prometheus counters and
+    /// gauges.
+    fn metrics(&self) -> String {
+        let (owed, _) = self.owed();
+        let flow = &self.outbox.flow;
+        web::metrics(&web::Figures {
+            clients: self.open,
+            sockets: self.peers.len(),
+            websockets: self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.codec.is_websocket())
+                .count(),
+            rooms: self.service.rooms(),
+            counters: self.counters,
+            owed,
+            holding: flow.is_holding(),
+            holds: flow.holds,
+            held_secs: flow.held_for(self.now).as_secs_f64(),
+        })
+    }
+
+    /// Bytes for one connection as they are (an HTTP answer, a WebSocket control frame, echo).
+    fn send(&mut self, key: usize, bytes: &[u8]) {
+        let wire = Wire::raw(bytes);
+        self.outbox
+            .queue(&mut self.peers, key, wire, &mut self.counters);
+    }
+
+    /// A line of the server's own for one connection, in its codec's form.
+    fn send_line(&mut self, key: usize, line: &str) {
+        let (mut bytes, mut frame) = (Vec::new(), Vec::new());
+        let wire = Wire::render(&Event::line(line), &mut bytes, &mut frame);
+        self.outbox
+            .queue(&mut self.peers, key, wire, &mut self.counters);
     }
 
     // ----- delivering -----
@@ -739,30 +863,28 @@ impl<S: Socket> Engine<S> {
     /// room's members are being walked) and its departure is routed in turn, until nothing is
     /// left.
     fn deliver(&mut self) {
-        let mut bytes = Vec::new();
+        let (mut bytes, mut frame) = (Vec::new(), Vec::new());
         while !self.deliveries.is_empty() {
             let mut batch = std::mem::take(&mut self.deliveries);
             for Delivery { to, event } in batch.drain(..) {
-                bytes.clear();
-                line::encode(&event, &mut bytes);
+                let wire = Wire::render(&event, &mut bytes, &mut frame);
                 let (room, except) = match to {
                     To::One(key) => {
                         self.outbox
-                            .queue(&mut self.peers, key, &bytes, &mut self.counters);
+                            .queue(&mut self.peers, key, wire, &mut self.counters);
                         continue;
                     }
                     To::Transcript => {
-                        self.print(&bytes);
+                        self.print(wire.line);
                         continue;
                     }
                     To::Room { room, except } => (Some(room), except),
                     To::All => (None, None),
                 };
-                self.print(&bytes);
-                let mut tally = self.outbox.tally(bytes.len());
+                self.print(wire.line);
+                let mut tally = self.outbox.tally();
                 for key in self.service.audience(room).filter(|&k| Some(k) != except) {
-                    self.outbox
-                        .queue_to(&mut self.peers, key, &bytes, &mut tally);
+                    self.outbox.queue_to(&mut self.peers, key, wire, &mut tally);
                 }
                 self.outbox.count(tally, &mut self.counters);
             }
@@ -851,8 +973,23 @@ impl<S: Socket> Engine<S> {
         }
         peer.state = State::Closing;
         self.open -= 1;
+        // A WebSocket client is told with a close frame, unless its own close is answered.
+        let tell = match &mut peer.codec {
+            Codec::WebSocket(decoder) => decoder.close(),
+            _ => false,
+        };
+        if tell {
+            let code = if self.shutdown_at.is_some() {
+                status::GOING_AWAY
+            } else {
+                status::NORMAL
+            };
+            self.send(key, &websocket::encode_close(code, ""));
+        }
         // An empty queue still needs a flush: that is where the close happens.
-        self.outbox.mark_dirty(peer, key);
+        if let Some(peer) = self.peers.get_mut(key) {
+            self.outbox.mark_dirty(peer, key);
+        }
     }
 
     /// Closes a client now, dropping whatever it is still owed.
@@ -986,6 +1123,17 @@ impl<S: Socket> Engine<S> {
         self.close_now(key);
     }
 
+    /// A request head that is still not whole is a slowloris: the connection is closed.
+    fn handshake_over(&mut self, key: usize) {
+        if let Some(peer) = self.peers.get(key)
+            && matches!(peer.codec, Codec::Http(_))
+            && peer.state == State::Open
+        {
+            log::debug!("{}: request head not whole in time", peer.addr);
+            self.close_now(key);
+        }
+    }
+
     fn check_idle(&mut self, key: usize) {
         let (Some(idle), Some(peer)) = (self.config.idle_timeout, self.peers.get(key)) else {
             return;
@@ -999,12 +1147,7 @@ impl<S: Socket> Engine<S> {
         }
         let secs = idle.as_secs();
         self.counters.idle += 1;
-        self.outbox.queue(
-            &mut self.peers,
-            key,
-            format!("{}\n", notice::idle(secs)).as_bytes(),
-            &mut self.counters,
-        );
+        self.send_line(key, &notice::idle(secs));
         self.depart(key, Some(&notice::idle_reason(secs)));
     }
 }
@@ -1028,11 +1171,11 @@ impl Outbox {
         &mut self,
         peers: &mut Slab<Peer<S>>,
         key: usize,
-        bytes: &[u8],
+        wire: Wire<'_>,
         counters: &mut Counters,
     ) {
-        let mut tally = self.tally(bytes.len());
-        self.queue_to(peers, key, bytes, &mut tally);
+        let mut tally = self.tally();
+        self.queue_to(peers, key, wire, &mut tally);
         self.count(tally, counters);
     }
 
@@ -1043,7 +1186,7 @@ impl Outbox {
         &mut self,
         peers: &mut Slab<Peer<S>>,
         key: usize,
-        bytes: &[u8],
+        wire: Wire<'_>,
         tally: &mut Tally,
     ) {
         let Some(peer) = peers.get_mut(key) else {
@@ -1053,35 +1196,39 @@ impl Outbox {
         if matches!(peer.state, State::Draining | State::Closed) || peer.overflowed {
             return;
         }
-        let before = peer.owed.len();
-        if before > tally.most_before && peer.writing == Writing::Blocked {
+        let bytes = if peer.codec.is_websocket() {
+            wire.frame
+        } else {
+            wire.line
+        };
+        let (before, size) = (peer.owed.len(), bytes.len());
+        if before > self.max_pending.saturating_sub(size) && peer.writing == Writing::Blocked {
             peer.overflowed = true;
             self.overflowed.push(key);
             return;
         }
         peer.owed.bytes.extend_from_slice(bytes);
         // Reaches the member's mark now: before < mark <= before + size, in one comparison.
-        tally.full += usize::from(tally.last_below_mark.wrapping_sub(before) < tally.size);
+        tally.full += usize::from(tally.last_below_mark.wrapping_sub(before) < size);
         tally.lines += 1;
+        tally.bytes += size;
         self.mark_dirty(peer, key);
     }
 
-    /// The limits one line of `size` bytes is checked against, worked out once for all its
-    /// recipients.
-    fn tally(&self, size: usize) -> Tally {
+    /// What one delivery's recipients are checked against, worked out once for all of them.
+    fn tally(&self) -> Tally {
         Tally {
-            size,
-            most_before: self.max_pending.saturating_sub(size),
             last_below_mark: self.flow.member_high() - 1,
             full: 0,
             lines: 0,
+            bytes: 0,
         }
     }
 
     /// Counts what a line's delivery added: for the room's budget, and for `/stats`.
     fn count(&mut self, tally: Tally, counters: &mut Counters) {
         counters.lines_out += tally.lines as u64;
-        self.flow.queued(tally.size * tally.lines, tally.full);
+        self.flow.queued(tally.bytes, tally.full);
     }
 
     /// Puts a connection on the list to write this turn, unless it is there already or its
@@ -1098,15 +1245,41 @@ impl Outbox {
 /// counted once at the end ([`Outbox::count`]). A broadcast's loop over the members thus does
 /// no more than copy, compare and add.
 struct Tally {
-    size: usize,
-    /// A queue longer than this before the line overflows `--max-pending` with it.
-    most_before: usize,
     /// The member's mark, less one.
     last_below_mark: usize,
     /// Queues that reached the member's mark.
     full: usize,
     /// Recipients.
     lines: usize,
+    /// Bytes queued to them all.
+    bytes: usize,
+}
+
+/// One line as each codec sends it: the text line (also the transcript's), and the WebSocket
+/// text frame. Rendered once per delivery, whoever its recipients.
+#[derive(Clone, Copy)]
+struct Wire<'a> {
+    line: &'a [u8],
+    frame: &'a [u8],
+}
+
+impl<'a> Wire<'a> {
+    /// An event in both forms, in the buffers lent.
+    fn render(event: &Event, line: &'a mut Vec<u8>, frame: &'a mut Vec<u8>) -> Wire<'a> {
+        line.clear();
+        line::encode(event, line);
+        frame.clear();
+        websocket::encode_text(&line[..line.len() - 1], frame);
+        Wire { line, frame }
+    }
+
+    /// Bytes that are already in their one form.
+    fn raw(bytes: &'a [u8]) -> Wire<'a> {
+        Wire {
+            line: bytes,
+            frame: bytes,
+        }
+    }
 }
 
 /// What an input means for its connection.
@@ -1114,10 +1287,16 @@ enum Verdict {
     Stay,
     Close,
     Foreign(Foreign),
+    Request(http::Request),
+    BadRequest(u16),
+    /// Send these bytes (a pong).
+    Reply(Vec<u8>),
+    /// Send these bytes (a close frame), then close.
+    CloseWith(Vec<u8>),
 }
 
-/// Acts on one frame from a client, by the server's mode. A free function over the parts it
-/// needs, because the frame borrows the connection's framer while the room runs.
+/// Acts on one input from a client, by the server's mode. A free function over the parts it
+/// needs, because a line borrows the connection's codec while the chat runs.
 fn on_frame(
     service: &mut Service,
     out: &mut Vec<Delivery>,
@@ -1135,6 +1314,10 @@ fn on_frame(
             Verdict::Stay
         }
         Input::Foreign(foreign) => Verdict::Foreign(foreign),
+        Input::Request(request) => Verdict::Request(request),
+        Input::BadRequest(status) => Verdict::BadRequest(status),
+        Input::Reply(bytes) => Verdict::Reply(bytes),
+        Input::Close(bytes) => Verdict::CloseWith(bytes),
         Input::Line(raw) => match service.line(key, addr, raw, at, out) {
             After::Stay => Verdict::Stay,
             After::Close => Verdict::Close,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::Socket;
 use super::flow::Pace;
-use crate::codec::line::LineCodec;
+use crate::codec::Codec;
 use crate::rate::Bucket;
 
 /// Output capacity kept after a flush. A busy room refills every client's buffer each turn:
@@ -64,7 +64,7 @@ pub struct Peer<S> {
     pub generation: u64,
     pub state: State,
     /// The wire format: lines in, events out.
-    pub codec: LineCodec,
+    pub codec: Codec,
     /// Bytes owed to the client, not yet taken by its socket.
     pub owed: Owed,
     pub reading: Reading,
@@ -85,7 +85,7 @@ impl<S> Peer<S> {
         socket: S,
         addr: SocketAddr,
         generation: u64,
-        codec: LineCodec,
+        codec: Codec,
         lines: Lines,
         now: Instant,
     ) -> Peer<S> {

@@ -15,8 +15,15 @@ struct Harness {
 }
 
 impl Harness {
+    /// An engine with these flags; the web door is shut unless they open it with `--web`
+    /// (most tests are about chat clients, greeted at once).
     fn new(flags: &[&str]) -> Harness {
-        let Ok(Parsed::Run(config)) = config::parse("test", flags) else {
+        let web = flags.contains(&"--web");
+        let mut flags: Vec<&str> = flags.iter().copied().filter(|&f| f != "--web").collect();
+        if !web {
+            flags.push("--no-web");
+        }
+        let Ok(Parsed::Run(config)) = config::parse("test", &flags) else {
             panic!("bad flags {flags:?}");
         };
         let t0 = Instant::now();

@@ -56,6 +56,7 @@ pub struct Launch {
     env: Vec<(String, String)>,
     capture_stderr: bool,
     stdin: Option<Stdio>,
+    web: bool,
 }
 
 impl Launch {
@@ -67,7 +68,18 @@ impl Launch {
             env: Vec::new(),
             capture_stderr: false,
             stdin: None,
+            web: false,
         }
+    }
+
+    /// Leaves the web door open, as it is by default. Tests start servers with `--no-web`
+    /// unless they ask for this: a server with the door open greets a client that has sent
+    /// nothing only after `config::web::GREET` (50 ms), which adds up over the hundreds of
+    /// clients the tests connect one after another. The tests of what people run as they run
+    /// it (real `nc`, the coursework clients, the browser) and of the web door itself open it.
+    pub fn web(mut self) -> Launch {
+        self.web = true;
+        self
     }
 
     pub fn console(mut self, console: Console) -> Launch {
@@ -111,6 +123,9 @@ impl Launch {
         }
         if self.console == Console::Off {
             flags.push("--no-console".into());
+        }
+        if !self.web && !has(&["--no-web"]) {
+            flags.push("--no-web".into());
         }
         flags.extend(self.args.iter().cloned());
 

@@ -56,8 +56,8 @@ struct Stay {
     room: String,
     /// The call of the join: messages of the room accepted after it are owed.
     joined: usize,
-    /// The line of its output that says it joined (none for the lobby, where it starts).
-    first_line: Option<usize>,
+    /// The line of its output that says it joined.
+    first_line: usize,
     /// The call of `/part` and the line that says it, once it left the room that way.
     parted: Option<(usize, usize)>,
 }
@@ -374,12 +374,7 @@ impl Run {
                     final_sent: None,
                     scanned: 0,
                     lines_scanned: 0,
-                    stays: vec![Stay {
-                        room: LOBBY.to_owned(),
-                        joined: self.call,
-                        first_line: None,
-                        parted: None,
-                    }],
+                    stays: Vec::new(),
                 });
             }
             Err((_, refusal)) => {
@@ -592,11 +587,15 @@ impl Run {
             for line in lines {
                 let at = client.lines_scanned;
                 client.lines_scanned += 1;
-                if let Some(room) = said(&line, "You joined ", " (") {
+                // Greeted (at once, or once the web door knows it is no browser): in the lobby.
+                let greeted = line.starts_with(b"[SERVER] You are ") && client.stays.is_empty();
+                if let Some(room) =
+                    said(&line, "You joined ", " (").or(greeted.then(|| LOBBY.to_owned()))
+                {
                     client.stays.push(Stay {
                         room,
                         joined: self.call,
-                        first_line: Some(at),
+                        first_line: at,
                         parted: None,
                     });
                 } else if let Some(room) = said(&line, "You left ", ";") {
@@ -727,7 +726,7 @@ impl Run {
                 }
                 let stay = client.stays.iter().position(|s| {
                     s.room == room
-                        && s.first_line.is_none_or(|first| first < at)
+                        && s.first_line < at
                         && s.parted.is_none_or(|(_, last)| at < last)
                 });
                 match stay {
@@ -744,16 +743,17 @@ impl Run {
                 };
                 let window = Window {
                     room: &stay.room,
-                    // The lobby's stay starts with the connection, which accepts no message.
                     first: stay.joined,
                     must_end,
                     may_end,
                 };
                 self.check_run(c, &who, &window, got);
             }
+            // The console's lines for everyone reach it from its greeting on.
+            let greeted = client.stays.first().map_or(usize::MAX, |s| s.joined);
             let everyone = Window {
                 room: EVERYONE,
-                first: client.joined + 1,
+                first: greeted,
                 must_end: left,
                 may_end: gone,
             };
