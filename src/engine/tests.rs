@@ -522,3 +522,101 @@ fn joining_ten_rooms_of_full_history_is_never_too_slow() {
     assert!(replays > max_pending, "{replays} bytes in all");
     assert!(most_owed < max_pending, "{most_owed} bytes owed at most");
 }
+
+// ----- the web door -----
+
+const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost:1234\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\n\r\n";
+
+/// A masked client text frame.
+fn ws_text(text: &str) -> Vec<u8> {
+    let mask = [1, 2, 3, 4];
+    let mut out = vec![0x81, 0x80 | text.len() as u8];
+    out.extend_from_slice(&mask);
+    out.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+impl Harness {
+    /// A connection that has not been greeted: its key.
+    fn open(&mut self) -> usize {
+        let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let key = self
+            .engine
+            .join(Fake::new(0), addr, self.now)
+            .ok()
+            .expect("admitted");
+        self.turn();
+        key
+    }
+
+    fn sent(&mut self, key: usize) -> Vec<u8> {
+        std::mem::take(&mut self.engine.socket_mut(key).unwrap().sent)
+    }
+}
+
+#[test]
+fn with_the_web_door_open_a_silent_client_is_greeted_after_a_moment() {
+    let mut h = Harness::new(&["--web"]);
+    let a = h.open();
+    assert!(
+        h.sent(a).is_empty(),
+        "not greeted before it could be a browser"
+    );
+    h.at(config::web::GREET);
+    h.turn();
+    let lines = h.take(a);
+    assert_eq!(lines[0], "Welcome to the best chat in the universe!");
+    // One that speaks first is greeted at once, then heard.
+    let b = h.open();
+    h.send(b, b"hi\n");
+    assert_eq!(h.take(b)[0], "Welcome to the best chat in the universe!");
+    assert_eq!(
+        h.take(a),
+        ["[SERVER] Client: guest2 connected!", "guest2: hi"]
+    );
+}
+
+#[test]
+fn a_browser_gets_the_page_and_a_websocket_client_the_chat_in_frames() {
+    let mut h = Harness::new(&["--web"]);
+    let line_client = h.open();
+    h.at(config::web::GREET);
+    h.turn();
+    h.take(line_client);
+
+    let page = h.open();
+    h.send(page, b"GET / HTTP/1.1\r\nHost: localhost:1234\r\n\r\n");
+    let answer = String::from_utf8(h.sent(page)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("Content-Type: text/html"));
+    assert!(
+        h.take(line_client).is_empty(),
+        "a page view is no chat client"
+    );
+
+    let ws = h.open();
+    h.send(ws, UPGRADE);
+    let answer = h.sent(ws);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{text}"
+    );
+    // The welcome, as text frames after the handshake.
+    let frames = &answer[text.find("\r\n\r\n").unwrap() + 4..];
+    let welcome = b"Welcome to the best chat in the universe!";
+    assert_eq!(&frames[..2], &[0x81, welcome.len() as u8]);
+    assert_eq!(&frames[2..2 + welcome.len()], welcome);
+    assert_eq!(h.take(line_client), ["[SERVER] Client: guest2 connected!"]);
+
+    // Both ways, one line a frame.
+    h.send(ws, &ws_text("from the browser"));
+    assert_eq!(h.take(line_client), ["guest2: from the browser"]);
+    h.send(line_client, b"from nc\n");
+    let line = b"guest1: from nc";
+    let mut frame = vec![0x81, line.len() as u8];
+    frame.extend_from_slice(line);
+    assert_eq!(h.sent(ws), frame);
+}
