@@ -55,6 +55,9 @@ pub struct Decoder {
     max_line: usize,
     /// Inputs decoded from bytes handed back, waiting for their turn, in order.
     backlog: VecDeque<Step>,
+    /// A line from the backlog, lent out: apart from `message`, which may hold the start of a
+    /// message still arriving.
+    lent: Vec<u8>,
     /// The header of the frame being read, until it is whole.
     header: [u8; 14],
     header_len: u8,
@@ -107,6 +110,7 @@ impl Decoder {
         Decoder {
             max_line,
             backlog: VecDeque::new(),
+            lent: Vec::new(),
             header: [0; 14],
             header_len: 0,
             frame: None,
@@ -137,7 +141,8 @@ impl Decoder {
     /// Bytes held for this client.
     pub fn held(&self) -> usize {
         let backlog: usize = self.backlog.iter().map(Step::len).sum();
-        usize::from(self.header_len) + self.message.len() + self.control.len() + backlog
+        let buffers = self.message.len() + self.control.len() + self.lent.len();
+        usize::from(self.header_len) + buffers + backlog
     }
 
     /// The next input: what waits from [`Decoder::keep`] first, then from `input`, advancing it
@@ -145,8 +150,8 @@ impl Decoder {
     pub fn next<'s>(&'s mut self, input: &mut &[u8]) -> Option<Input<'s>> {
         let step = match self.backlog.pop_front() {
             Some(Step::Line(line)) => {
-                self.message = line;
-                Step::Line(Vec::new())
+                self.lent = line;
+                return Some(Input::Line(&self.lent));
             }
             Some(step) => step,
             None => self.step(input)?,
@@ -573,6 +578,20 @@ mod tests {
         assert!(d.is_empty() && rest.is_empty());
         let mut pong = &client_frame(true, OP_PONG, b"late")[..];
         assert_eq!(d.next(&mut pong), None, "a pong needs nothing");
+    }
+
+    /// Found by the engine fuzz target: a line waiting in the backlog was lent out in the
+    /// buffer of a message still arriving, whose rest was then appended to it.
+    #[test]
+    fn a_waiting_line_does_not_disturb_a_message_half_received() {
+        let mut d = Decoder::new(200);
+        let next = client_frame(true, OP_TEXT, b"#105.");
+        let mut bytes = client_frame(true, OP_TEXT, b"#104.");
+        bytes.extend_from_slice(&next[..8]);
+        d.keep(&bytes);
+        let mut rest = &next[8..];
+        assert_eq!(d.next(&mut rest), Some(Input::Line(b"#104.")));
+        assert_eq!(d.next(&mut rest), Some(Input::Line(b"#105.")));
     }
 
     #[test]

@@ -93,7 +93,13 @@ const STEPS: [u64; 14] = [
 
 /// Lines and pieces of lines a client may send: commands, exit words, other protocols, the
 /// starts of commands that a tagged message can complete.
-const CLIENT_WORDS: [&[u8]; 36] = [
+const CLIENT_WORDS: [&[u8]; 39] = [
+    // The web door: a WebSocket handshake (its client then sends frames), a page view, and a
+    // head that never ends.
+    b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+      Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\n",
     b"/nick alice\n",
     b"/nick ALICE\n",
     b"/nick SERVER\n",
@@ -392,9 +398,9 @@ impl Run {
             1 => {
                 let tag = self.tag(Some(c));
                 self.note(|| format!("client {c} will send {tag:?}"));
-                let outbox = &mut self.clients[c].outbox;
-                outbox.extend_from_slice(tag.as_bytes());
-                outbox.push(b'\n');
+                let line = format!("{tag}\n");
+                let bytes = self.as_client_sends(key, line.as_bytes());
+                self.clients[c].outbox.extend_from_slice(&bytes);
             }
             2 => {
                 let len = usize::from(input.byte() % 32);
@@ -405,7 +411,8 @@ impl Run {
             3 => {
                 let word = CLIENT_WORDS[usize::from(input.byte()) % CLIENT_WORDS.len()];
                 self.note(|| format!("client {c} will send {:?}", String::from_utf8_lossy(word)));
-                self.clients[c].outbox.extend_from_slice(word);
+                let bytes = self.as_client_sends(key, word);
+                self.clients[c].outbox.extend_from_slice(&bytes);
             }
             4 => {
                 // A read of n bytes of what it sent (0: all of it).
@@ -460,6 +467,28 @@ impl Run {
                 self.after(Call::Other, self.engine.is_stopping());
             }
         }
+    }
+
+    /// A line as the client sends it: as it is, or, once the server has made it a WebSocket
+    /// client, as a masked text frame.
+    fn as_client_sends(&self, key: usize, line: &[u8]) -> Vec<u8> {
+        let peer = self.engine.peer(key).expect("a live client");
+        let stream: Vec<u8> = peer.socket.sent.iter().take(16).copied().collect();
+        if !stream.starts_with(b"HTTP/1.1 101 ") {
+            return line.to_vec();
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut frame = vec![0x81, 0x80 | text.len().min(125) as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(
+            text.iter()
+                .take(125)
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4]),
+        );
+        frame
     }
 
     fn readable(&mut self, key: usize) {
@@ -716,7 +745,8 @@ impl Run {
             );
             let mut got: Vec<Vec<u64>> = vec![Vec::new(); client.stays.len()];
             let mut got_everyone = Vec::new();
-            for (at, line) in stream.split(|&b| b == b'\n').enumerate() {
+            let (_, lines) = new_lines(&stream, &[], 0);
+            for (at, line) in lines.iter().enumerate() {
                 let Some((room, tag)) = room_line(line) else {
                     continue;
                 };
@@ -855,7 +885,8 @@ fn tag_in(line: &[u8]) -> Option<u64> {
 
 /// The whole lines of a client's output (what its socket took, then what it is still owed)
 /// beyond the first `from` bytes, and how many bytes that makes. A dropped client's queue is
-/// gone: nothing new then.
+/// gone: nothing new then. A WebSocket client's lines are the text frames after the server's
+/// `101` answer; a page view's answer has no lines.
 fn new_lines(sent: &[u8], owed: &[u8], from: usize) -> (usize, Vec<Vec<u8>>) {
     let total = sent.len() + owed.len();
     if total <= from {
@@ -863,6 +894,21 @@ fn new_lines(sent: &[u8], owed: &[u8], from: usize) -> (usize, Vec<Vec<u8>>) {
     }
     let mut tail = sent.get(from..).unwrap_or_default().to_vec();
     tail.extend_from_slice(&owed[from.saturating_sub(sent.len())..]);
+    if from == 0 && tail.starts_with(b"HTTP/1.1 ") {
+        if !tail.starts_with(b"HTTP/1.1 101 ") {
+            return (total, Vec::new());
+        }
+        let Some(head) = tail.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return (0, Vec::new());
+        };
+        let (used, lines) = frames(&tail[head + 4..]);
+        return (head + 4 + used, lines);
+    }
+    let start: Vec<u8> = sent.iter().chain(owed).take(13).copied().collect();
+    if start.starts_with(b"HTTP/1.1 101 ") {
+        let (used, lines) = frames(&tail);
+        return (from + used, lines);
+    }
     let whole = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let lines = tail[..whole]
         .split(|&b| b == b'\n')
@@ -870,6 +916,31 @@ fn new_lines(sent: &[u8], owed: &[u8], from: usize) -> (usize, Vec<Vec<u8>>) {
         .map(<[u8]>::to_vec)
         .collect();
     (from + whole, lines)
+}
+
+/// The payloads of the server's whole text frames in `bytes` (unmasked, as a server sends),
+/// and how many bytes they take; other frames (a close) are skipped.
+fn frames(bytes: &[u8]) -> (usize, Vec<Vec<u8>>) {
+    let (mut at, mut lines) = (0, Vec::new());
+    while bytes.len() >= at + 2 {
+        let (op, len7) = (bytes[at] & 0x0F, usize::from(bytes[at + 1] & 0x7F));
+        let (len, start) = match len7 {
+            126 if bytes.len() >= at + 4 => (
+                usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+                at + 4,
+            ),
+            126 | 127 => break,
+            n => (n, at + 2),
+        };
+        if bytes.len() < start + len {
+            break;
+        }
+        if op == 0x1 {
+            lines.push(bytes[start..start + len].to_vec());
+        }
+        at = start + len;
+    }
+    (at, lines)
 }
 
 /// The room in a server line about the client's own rooms, `[SERVER] {what}{room}{until}`,
