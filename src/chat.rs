@@ -129,15 +129,48 @@ impl Chat {
     // ----- arriving and leaving -----
 
     /// A new client: it gets a guest name and the welcome, it is in the lobby, and the lobby
-    /// hears of it.
-    pub fn join(&mut self, id: ClientId, out: &mut Vec<Delivery>) {
+    /// hears of it. A `quiet` one (greeted before it said anything, on a server whose web door
+    /// is open) is heard of, and listed by `/who`, only once it sends its first line: a
+    /// browser opens spare connections that never say anything, and they are nobody.
+    pub fn join(&mut self, id: ClientId, quiet: bool, out: &mut Vec<Delivery>) {
         let name = self.directory.register(id);
         let (intro, line) = (notice::intro(name), notice::connected(name));
         push_line(out, To::One(id), self.welcome.clone());
         push_line(out, To::One(id), intro);
         self.rooms[LOBBY_ID].add(id);
-        self.places_mut(id).push(LOBBY_ID);
-        self.announce(LOBBY_ID, id, line, out);
+        let places = self.places_mut(id);
+        places.push(LOBBY_ID);
+        places.quiet = quiet;
+        if quiet {
+            // The operator sees every connection.
+            self.notice(To::Transcript, LOBBY_ID, line, out);
+        } else {
+            self.announce(LOBBY_ID, id, line, out);
+        }
+    }
+
+    /// A quiet client has said something: now the lobby hears of it (the transcript did at
+    /// once).
+    fn speaks(&mut self, id: ClientId, out: &mut Vec<Delivery>) {
+        let quiet = self
+            .places
+            .get_mut(id)
+            .map(|p| std::mem::take(&mut p.quiet));
+        if quiet == Some(true)
+            && let Some(name) = self.directory.name(id)
+            && self.rooms[LOBBY_ID].len() <= self.limits.announce
+        {
+            let line = notice::connected(name);
+            let to = To::Members {
+                room: LOBBY_ID,
+                except: Some(id),
+            };
+            self.notice(to, LOBBY_ID, line, out);
+        }
+    }
+
+    fn is_quiet(&self, id: ClientId) -> bool {
+        self.places.get(id).is_some_and(|p| p.quiet)
     }
 
     /// A client leaves: on its own (`reason` is `None`) or dropped by the server. Each of its
@@ -154,8 +187,12 @@ impl Chat {
             .unwrap_or_default();
         for room in places.iter() {
             // Announced while the leaver still counts, so the limit applies to joins and
-            // leaves alike.
-            self.announce(room, id, line.clone(), out);
+            // leaves alike; to the transcript alone for one never heard of.
+            if places.quiet {
+                self.notice(To::Transcript, room, line.clone(), out);
+            } else {
+                self.announce(room, id, line.clone(), out);
+            }
             self.remove_member(room, id);
         }
         self.directory.release(id);
@@ -166,6 +203,7 @@ impl Chat {
     /// A raw line from a client: made safe, parsed and handled. Blank lines are ignored. `at`
     /// is the time, in seconds since the Unix epoch, for the history.
     pub fn receive(&mut self, id: ClientId, raw: &[u8], at: u64, out: &mut Vec<Delivery>) -> After {
+        self.speaks(id, out);
         let line = text::clean(raw);
         if text::is_blank(&line) {
             return After::Stay;
@@ -195,7 +233,7 @@ impl Chat {
                 self.say(self.current(id), Some(id), message, at, out);
             }
             Command::Nick(new) => self.rename(id, new, out),
-            Command::Who(None) => reply(out, self.directory.who()),
+            Command::Who(None) => reply(out, self.who()),
             Command::Who(Some(room)) => reply(out, self.who_in(room)),
             Command::Msg { to, text } => match self.directory.find(to) {
                 Some(target) => {
@@ -259,7 +297,7 @@ impl Chat {
                 Ok(room) => self.say(room, None, Message::say(Author::Operator, text), at, out),
                 Err(line) => reply(out, line),
             },
-            ConsoleCommand::Who(None) => reply(out, self.directory.who()),
+            ConsoleCommand::Who(None) => reply(out, self.who()),
             ConsoleCommand::Who(Some(room)) => reply(out, self.who_in(room)),
             ConsoleCommand::Rooms => {
                 for line in self.list_rooms() {
@@ -416,6 +454,14 @@ impl Chat {
         self.notice(To::One(id), room, notice::end_of_history(count), out);
     }
 
+    /// `/who`: everyone heard of.
+    fn who(&self) -> String {
+        let (names, total) = self
+            .directory
+            .list(self.directory.clients().filter(|&id| !self.is_quiet(id)));
+        notice::who(&names, total)
+    }
+
     /// `/who #room`.
     fn who_in(&self, wanted: &str) -> String {
         match self.find(wanted) {
@@ -544,6 +590,8 @@ impl Chat {
 struct Places {
     ids: [u16; PER_CLIENT],
     len: u8,
+    /// Greeted before it said anything, and still silent (see [`Chat::join`]).
+    quiet: bool,
 }
 
 const _: () = assert!(rooms::MAX <= u16::MAX as usize && PER_CLIENT <= u8::MAX as usize);

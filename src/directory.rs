@@ -106,12 +106,6 @@ impl Directory {
         self.names.is_empty()
     }
 
-    /// The `/who` line: everyone's first names in order, and how many more there are.
-    pub fn who(&self) -> String {
-        let (names, total) = self.list(self.clients());
-        notice::who(&names, total)
-    }
-
     /// The names of these clients: at most [`notice::WHO_MAX_NAMES`] of them, sorted regardless
     /// of case, and how many clients there are.
     pub fn list(&self, ids: impl Iterator<Item = ClientId>) -> (Vec<&str>, usize) {
@@ -179,12 +173,17 @@ mod tests {
     }
 
     #[test]
-    fn who_sorts_and_counts() {
+    fn lists_sort_regardless_of_case_and_count() {
         let mut d = Directory::new();
         for id in 1..=3 {
             d.register(id);
         }
         d.rename(3, "Bob").unwrap();
-        assert_eq!(d.who(), "[SERVER] 3 online: Bob, guest1, guest2");
+        assert_eq!(d.list(d.clients()), (vec!["Bob", "guest1", "guest2"], 3));
+        assert_eq!(
+            d.list([2, 9].into_iter()),
+            (vec!["guest2"], 1),
+            "9 has no name"
+        );
     }
 }

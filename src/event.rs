@@ -99,6 +99,12 @@ pub enum To {
         room: RoomId,
         except: Option<ClientId>,
     },
+    /// The members of a room but `except`, and not the transcript (which had the line
+    /// already: a quiet client's arrival, told to the room once it speaks).
+    Members {
+        room: RoomId,
+        except: Option<ClientId>,
+    },
     /// Every client, whatever its rooms, and the transcript.
     All,
     /// The transcript only: standard output, which the operator reads. (The console is the

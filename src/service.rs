@@ -38,10 +38,11 @@ impl Service {
         self.chat.rooms()
     }
 
-    /// A new connection: in chat a member with a name; otherwise a line in the transcript.
-    pub fn join(&mut self, id: ClientId, addr: SocketAddr, out: &mut Vec<Delivery>) {
+    /// A new connection: in chat a member with a name (heard of at once, or if `quiet` once
+    /// it speaks); otherwise a line in the transcript.
+    pub fn join(&mut self, id: ClientId, addr: SocketAddr, quiet: bool, out: &mut Vec<Delivery>) {
         match self.mode {
-            Mode::Chat => self.chat.join(id, out),
+            Mode::Chat => self.chat.join(id, quiet, out),
             Mode::Echo | Mode::Ack => {
                 push_line(out, To::Transcript, notice::connected(&addr.to_string()))
             }
@@ -141,7 +142,7 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let mut s = service(Mode::Ack);
         let mut out = Vec::new();
-        s.join(1, addr, &mut out);
+        s.join(1, addr, false, &mut out);
         assert_eq!(s.line(1, addr, b"hola", 0, &mut out), After::Stay);
         assert_eq!(s.line(1, addr, b"exit", 0, &mut out), After::Close);
         s.leave(1, addr, None, &mut out);
@@ -166,8 +167,8 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let mut s = service(Mode::Chat);
         let mut out = Vec::new();
-        s.join(1, addr, &mut out);
-        s.join(2, addr, &mut out);
+        s.join(1, addr, false, &mut out);
+        s.join(2, addr, false, &mut out);
         out.clear();
         s.line(1, addr, b"hi", 0, &mut out);
         s.relay("127.0.0.1:9".parse().unwrap(), "by udp", 0, &mut out);

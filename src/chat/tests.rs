@@ -24,7 +24,7 @@ fn chat() -> Chat {
 fn with_members(n: usize) -> Chat {
     let mut c = chat();
     for id in 1..=n {
-        c.join(id, &mut Vec::new());
+        c.join(id, false, &mut Vec::new());
     }
     c
 }
@@ -74,7 +74,7 @@ const LOBBY: To = To::Room {
 fn join_welcomes_and_announces() {
     let mut c = with_members(1);
     let mut o = Vec::new();
-    c.join(2, &mut o);
+    c.join(2, false, &mut o);
     assert_eq!(
         rendered(o),
         [
@@ -172,7 +172,7 @@ fn big_rooms_announce_to_the_transcript_only() {
     let mut c = Chat::new("hi", limits(2, 50));
     let mut o = Vec::new();
     for id in 1..=3 {
-        c.join(id, &mut o);
+        c.join(id, false, &mut o);
     }
     c.leave(3, Some("idle for 5 s"), &mut o);
     c.leave(2, None, &mut o);
@@ -385,12 +385,12 @@ fn room_names_and_limits_are_refused_with_the_reason() {
     // Rooms on the server: the last client to make one is refused.
     let mut id = 2;
     while c.rooms.len() < rooms::MAX {
-        c.join(id, &mut Vec::new());
+        c.join(id, false, &mut Vec::new());
         let line = format!("/join #s{}", c.rooms.len());
         say(&mut c, id, &line);
         id += 1;
     }
-    c.join(id, &mut Vec::new());
+    c.join(id, false, &mut Vec::new());
     assert_eq!(
         say(&mut c, id, "/join #onemore"),
         [out(To::One(id), notice::SERVER_ROOMS_FULL)]
@@ -476,7 +476,7 @@ fn rooms_and_who_in_a_room() {
 fn rooms_beyond_the_listed_are_counted() {
     let mut c = chat();
     for id in 1..=rooms::LISTED + 5 {
-        c.join(id, &mut Vec::new());
+        c.join(id, false, &mut Vec::new());
         say(&mut c, id, &format!("/join #r{id}"));
     }
     let lines = say(&mut c, 1, "/rooms");
@@ -581,7 +581,7 @@ fn history_keeps_messages_not_noise_and_replays_on_request() {
 #[test]
 fn history_is_bounded_by_k_and_off_at_zero() {
     let mut c = Chat::new("hi", limits(100, 2));
-    c.join(1, &mut Vec::new());
+    c.join(1, false, &mut Vec::new());
     for n in 0..5 {
         say(&mut c, 1, &format!("m{n}"));
     }
@@ -596,7 +596,7 @@ fn history_is_bounded_by_k_and_off_at_zero() {
         ]
     );
     let mut c = Chat::new("hi", limits(100, 0));
-    c.join(1, &mut Vec::new());
+    c.join(1, false, &mut Vec::new());
     say(&mut c, 1, "lost");
     assert_eq!(
         say(&mut c, 1, "/history"),
@@ -613,7 +613,7 @@ fn a_replay_is_bounded_in_bytes() {
             ..limits(100, 50)
         },
     );
-    c.join(1, &mut Vec::new());
+    c.join(1, false, &mut Vec::new());
     for _ in 0..50 {
         say(&mut c, 1, &"x".repeat(190));
     }

@@ -264,14 +264,14 @@ impl<S: Socket> Engine<S> {
         let key = self.peers.insert(peer);
         match self.peers[key].codec {
             Codec::Unsure => self.arm(key, Timer::Greet, now + config::web::GREET),
-            _ => self.welcome(key),
+            _ => self.welcome(key, false),
         }
         Ok(key)
     }
 
-    /// A connection that has sent nothing, or something that is no web request, is a chat
-    /// client of the line protocol.
-    fn greet(&mut self, key: usize) {
+    /// A connection that has sent nothing (`quiet`), or something that is no web request, is a
+    /// chat client of the line protocol.
+    fn greet(&mut self, key: usize, quiet: bool) {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
@@ -279,12 +279,13 @@ impl<S: Socket> Engine<S> {
             return;
         }
         peer.codec = Codec::Line(LineCodec::new(self.config.max_line));
-        self.welcome(key);
+        self.welcome(key, quiet);
     }
 
     /// A connection is a chat client from now on (or, in echo and ack mode, a client of the
-    /// service): welcomed, announced, and timed for silence from now.
-    fn welcome(&mut self, key: usize) {
+    /// service): welcomed, announced (a quiet one once it speaks), and timed for silence from
+    /// now.
+    fn welcome(&mut self, key: usize, quiet: bool) {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
@@ -293,7 +294,7 @@ impl<S: Socket> Engine<S> {
         if let Some(idle) = self.config.idle_timeout {
             self.arm(key, Timer::Idle, self.now + idle);
         }
-        self.service.join(key, addr, &mut self.deliveries);
+        self.service.join(key, addr, quiet, &mut self.deliveries);
         self.deliver();
     }
 
@@ -451,7 +452,7 @@ impl<S: Socket> Engine<S> {
                 Timer::RateResume => self.resume(key),
                 Timer::Idle => self.check_idle(key),
                 Timer::Linger => self.check_linger(key),
-                Timer::Greet => self.greet(key),
+                Timer::Greet => self.greet(key, true),
                 Timer::Handshake => self.handshake_over(key),
             }
         }
@@ -655,7 +656,7 @@ impl<S: Socket> Engine<S> {
                 self.peers[key].codec = Codec::Http(http::HeadReader::default());
                 self.arm(key, Timer::Handshake, self.now + config::web::HANDSHAKE);
             } else {
-                self.greet(key);
+                self.greet(key, false);
             }
         }
         if let Codec::Line(codec) = &mut self.peers[key].codec
@@ -728,9 +729,8 @@ impl<S: Socket> Engine<S> {
             return;
         }
         if peer.reading == Reading::Ended && matches!(peer.codec, Codec::Unsure) {
-            // It left before saying anything: a chat client all the same, as without the web
-            // door (greeted, and its leaving announced).
-            self.greet(key);
+            // It left before saying anything: nobody (a browser's spare connection, say).
+            self.greet(key, true);
             return self.after_input(key);
         }
         if peer.reading == Reading::Ended {
@@ -814,7 +814,7 @@ impl<S: Socket> Engine<S> {
             web::Answer::Upgrade(bytes) => {
                 self.send(key, &bytes);
                 self.peers[key].codec = Codec::WebSocket(Decoder::new(self.config.max_line));
-                self.welcome(key);
+                self.welcome(key, false);
             }
         }
     }
@@ -878,10 +878,16 @@ impl<S: Socket> Engine<S> {
                         self.print(wire.line);
                         continue;
                     }
-                    To::Room { room, except } => (Some(room), except),
-                    To::All => (None, None),
+                    To::Room { room, except } => {
+                        self.print(wire.line);
+                        (Some(room), except)
+                    }
+                    To::Members { room, except } => (Some(room), except),
+                    To::All => {
+                        self.print(wire.line);
+                        (None, None)
+                    }
                 };
-                self.print(wire.line);
                 let mut tally = self.outbox.tally();
                 for key in self.service.audience(room).filter(|&k| Some(k) != except) {
                     self.outbox.queue_to(&mut self.peers, key, wire, &mut tally);

@@ -576,6 +576,23 @@ fn with_the_web_door_open_a_silent_client_is_greeted_after_a_moment() {
         h.take(a),
         ["[SERVER] Client: guest2 connected!", "guest2: hi"]
     );
+    // The silent one is nobody yet (a browser opens spare connections that never speak)...
+    h.send(b, b"/who\n");
+    assert_eq!(h.take(b), ["[SERVER] 1 online: guest2"]);
+    let spare = h.open();
+    h.at(config::web::GREET * 2);
+    h.turn();
+    h.hang_up(spare);
+    assert!(
+        h.take(b).is_empty(),
+        "a spare connection comes and goes unseen"
+    );
+    // ...until it speaks.
+    h.send(a, b"hello\n");
+    assert_eq!(
+        h.take(b),
+        ["[SERVER] Client: guest1 connected!", "guest1: hello"]
+    );
 }
 
 #[test]
@@ -615,8 +632,11 @@ fn a_browser_gets_the_page_and_a_websocket_client_the_chat_in_frames() {
     h.send(ws, &ws_text("from the browser"));
     assert_eq!(h.take(line_client), ["guest2: from the browser"]);
     h.send(line_client, b"from nc\n");
-    let line = b"guest1: from nc";
-    let mut frame = vec![0x81, line.len() as u8];
-    frame.extend_from_slice(line);
-    assert_eq!(h.sent(ws), frame);
+    let mut frames = Vec::new();
+    // The line client was greeted before it said anything: it is heard of as it speaks.
+    for line in ["[SERVER] Client: guest1 connected!", "guest1: from nc"] {
+        frames.extend_from_slice(&[0x81, line.len() as u8]);
+        frames.extend_from_slice(line.as_bytes());
+    }
+    assert_eq!(h.sent(ws), frames);
 }
