@@ -84,14 +84,12 @@ fn upgrade(web: &Web, request: &Request) -> Answer {
     }
     if request.header("sec-websocket-version") != Some("13") {
         let mut answer = error(426, "WebSocket version 13 only");
-        // Section 4.4: say which version is spoken.
-        answer.splice(
-            answer
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .unwrap_or(0)..,
-            *b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        );
+        // Section 4.4: say which version is spoken, among the headers.
+        let end = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response has a head");
+        answer.splice(end..end, *b"\r\nSec-WebSocket-Version: 13");
         return Answer::Close(answer);
     }
     let Some(key) = request.header("sec-websocket-key") else {

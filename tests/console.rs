@@ -228,6 +228,7 @@ fn a_stdout_nobody_reads_never_stops_the_server() {
             "--port",
             "0",
             "--no-console",
+            "--no-web",
             "--rate",
             "0",
         ])
