@@ -5,7 +5,7 @@ CARGO ?= cargo
 ARGS ?=
 PORT ?= 1234
 FUZZ_SECS ?= 60
-FUZZ_TARGETS ?= framer command engine
+FUZZ_TARGETS ?= framer command engine websocket
 
 .PHONY: build run-server run-client capture test soak bench bench-smoke fuzz fuzz-cmin lint fmt diagrams
 
@@ -59,6 +59,7 @@ fuzz-cmin:
 	cd fuzz && cargo +nightly fuzz cmin -s none framer -- -timeout=5
 	cd fuzz && cargo +nightly fuzz cmin -s none command -- -timeout=5
 	cd fuzz && cargo +nightly fuzz cmin -s none engine -- -timeout=5 -use_counters=0
+	cd fuzz && cargo +nightly fuzz cmin -s none websocket -- -timeout=5
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -5,6 +5,7 @@
 use crate::procfs;
 use crate::stats::Histogram;
 use crate::wire::{Incoming, Kind, Msg, Proto, each_line};
+use crate::ws;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -40,6 +41,15 @@ struct Conn {
     /// Has received a byte: proof that the server accepted it.
     heard: bool,
     closed: bool,
+    /// `Proto::WebSocket`: the handshake's progress, once established.
+    ws: Option<WsState>,
+}
+
+/// A WebSocket connection's state ([`Proto::WebSocket`]).
+enum WsState {
+    /// The handshake went out with this key; the server's `101` is awaited.
+    Handshaking(String),
+    Open,
 }
 
 pub struct Gen {
@@ -101,6 +111,7 @@ impl Gen {
             established: false,
             heard: false,
             closed: false,
+            ws: None,
         });
         self.connecting += 1;
         Ok(key)
@@ -205,6 +216,13 @@ impl Gen {
                         c.established = true;
                         self.connecting -= 1;
                         self.unproven += 1;
+                        if self.proto == Proto::WebSocket {
+                            // Ahead of anything queued already: the handshake comes first.
+                            let key = ws::random_key();
+                            let request = ws::handshake_request(&self.addr.to_string(), &key, None);
+                            c.out.splice(0..0, request);
+                            c.ws = Some(WsState::Handshaking(key));
+                        }
                         self.proto.hello(&mut c.out);
                         self.dirty.push(key);
                         out.push((key, Ev::Connected));
@@ -248,7 +266,15 @@ impl Gen {
                             Incoming::Error => errors.push(Vec::new()),
                             Incoming::Other => {}
                         };
-                        if c.partial.is_empty() {
+                        let mut failed = None;
+                        if let Some(state) = c.ws.as_mut() {
+                            c.partial.extend_from_slice(&self.scratch[..n]);
+                            match ws_receive(state, &mut c.partial, &mut c.out, &mut on_line) {
+                                Ok(true) => self.dirty.push(key),
+                                Ok(false) => {}
+                                Err(e) => failed = Some(e),
+                            }
+                        } else if c.partial.is_empty() {
                             let used = each_line(&self.scratch[..n], &mut on_line);
                             c.partial.extend_from_slice(&self.scratch[used..n]);
                         } else {
@@ -265,6 +291,13 @@ impl Gen {
                             self.first_error
                                 .get_or_insert_with(|| String::from_utf8_lossy(first).into_owned());
                         }
+                        if let Some(e) = failed {
+                            self.server_errors += 1;
+                            self.first_error.get_or_insert(e);
+                            c.closed = true;
+                            out.push((key, Ev::Closed));
+                            break;
+                        }
                         continue;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
@@ -279,6 +312,53 @@ impl Gen {
         }
         Ok(())
     }
+}
+
+/// Decodes what a WebSocket connection received, held in `buf`: the handshake's answer, then
+/// frames. Every text frame is a line for `on_line`; a ping is answered in `out` (then `true`:
+/// there is output to flush). An unfinished head or frame stays in `buf`. An error ends the
+/// connection: a refused or broken handshake, a frame that breaks the RFC or that loopchat
+/// never sends (binary, fragmented), and the server's close.
+fn ws_receive(
+    state: &mut WsState,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    on_line: &mut impl FnMut(&[u8]),
+) -> Result<bool, String> {
+    let mut used = 0;
+    if let WsState::Handshaking(key) = state {
+        let Some(head) = ws::parse_response_head(buf).map_err(|e| e.to_string())? else {
+            return Ok(false);
+        };
+        if head.status != 101 {
+            return Err(format!("websocket handshake refused: {}", head.status_line));
+        }
+        ws::check_upgrade(&head, key).map_err(|e| e.to_string())?;
+        used = head.len;
+        *state = WsState::Open;
+    }
+    let mut answered = false;
+    let result = loop {
+        match ws::parse_frame(&buf[used..], ws::MAX_FRAME) {
+            Ok(None) => break Ok(answered),
+            Err(e) => break Err(e.to_string()),
+            Ok(Some((frame, len))) => {
+                used += len;
+                match frame.opcode {
+                    ws::op::TEXT if frame.fin => on_line(frame.payload),
+                    ws::op::PING => {
+                        let mask = Some(ws::random_mask());
+                        ws::encode_frame_into(true, ws::op::PONG, mask, frame.payload, out);
+                        answered = true;
+                    }
+                    ws::op::PONG => {}
+                    _ => break Err(format!("websocket: {}", ws::describe(&frame.to_frame()))),
+                }
+            }
+        }
+    };
+    buf.drain(..used);
+    result
 }
 
 /// Key/value pairs of the RESULT line, in order.

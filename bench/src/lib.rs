@@ -1,6 +1,6 @@
 //! Shared parts of loopchat's benchmark: the generator's connections, wire format and
 //! workloads that tests run too (the room flood), the baselines' common plumbing, statistics,
-//! /proc readings and the JSON/SVG writers used by the driver.
+//! /proc readings and the JSON/SVG writers used by the driver, and a small WebSocket client.
 pub mod baseline;
 pub mod flood;
 pub mod generator;
@@ -10,6 +10,7 @@ pub mod stats;
 pub mod svg;
 pub mod traffic;
 pub mod wire;
+pub mod ws;
 
 /// Parses a generator `RESULT key=value ...` line into ordered pairs.
 pub fn parse_result(line: &str) -> Option<Vec<(String, String)>> {

@@ -107,6 +107,9 @@ pub enum Proto {
     Line,
     /// nats-server's client protocol.
     Nats,
+    /// loopchat's web door: the line protocol's lines as WebSocket text messages, one masked
+    /// frame per message out, one text frame per line in (the generator does the handshake).
+    WebSocket,
 }
 
 /// What one received line means to the generator.
@@ -146,6 +149,15 @@ impl Proto {
                 msg.encode(size, out);
                 out.extend_from_slice(b"\r\n");
             }
+            Proto::WebSocket => {
+                let mask = crate::ws::random_mask();
+                let len = size.max(MIN_SIZE);
+                crate::ws::encode_header(true, crate::ws::op::TEXT, Some(mask), len as u64, out);
+                let start = out.len();
+                msg.encode(size, out);
+                debug_assert_eq!(out.len() - start, len);
+                crate::ws::apply_mask(&mut out[start..], mask, 0);
+            }
         }
     }
 
@@ -164,7 +176,9 @@ impl Proto {
         match self {
             Proto::Nats if line == b"PING" => Incoming::Ping,
             Proto::Nats if line.starts_with(b"-ERR") => Incoming::Error,
-            Proto::Line if line.starts_with(b"[SERVER] Error:") => Incoming::Error,
+            Proto::Line | Proto::WebSocket if line.starts_with(b"[SERVER] Error:") => {
+                Incoming::Error
+            }
             _ => Incoming::Other,
         }
     }
@@ -229,6 +243,31 @@ mod tests {
             }
         }
         assert_eq!(parse_hex(b"00000000deadbeef"), Some(0xdead_beef));
+    }
+
+    #[test]
+    fn websocket_messages_are_masked_text_frames() {
+        let m = Msg {
+            kind: Kind::Data,
+            sender: 3,
+            seq: 9,
+            sent_ns: 42,
+        };
+        for size in [MIN_SIZE, 64, 200] {
+            let mut out = Vec::new();
+            Proto::WebSocket.frame(&m, size, &mut out);
+            let header = if size < 126 { 2 } else { 4 };
+            assert_eq!(out.len(), header + 4 + size);
+            assert_eq!((out[0], out[1] & 0x80), (0x81, 0x80), "final text, masked");
+            let mask: [u8; 4] = out[header..header + 4].try_into().unwrap();
+            let mut payload = out[header + 4..].to_vec();
+            crate::ws::apply_mask(&mut payload, mask, 0);
+            assert_eq!(Msg::find(&payload), Some(m));
+        }
+        assert_eq!(
+            Proto::WebSocket.classify(b"[SERVER] Error: message too long (max 200 bytes)"),
+            Incoming::Error
+        );
     }
 
     #[test]

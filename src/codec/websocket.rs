@@ -311,12 +311,18 @@ impl Decoder {
             OP_PING => Step::Reply(encode(OP_PONG, &payload)),
             OP_PONG => return None,
             _ => {
-                // A close: answer with the same status, or a normal close if none came.
-                self.closed = true;
-                let code = match payload.get(..2) {
-                    Some(&[a, b]) => u16::from_be_bytes([a, b]),
-                    _ => status::NORMAL,
+                // A close: answer with the same status, or a normal close if none came; a
+                // status no endpoint may send (section 7.4) breaks the protocol.
+                let code = match payload.len() {
+                    0 => status::NORMAL,
+                    1 => return Some(self.fail(status::PROTOCOL_ERROR)),
+                    _ => u16::from_be_bytes([payload[0], payload[1]]),
                 };
+                let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+                if !sendable {
+                    return Some(self.fail(status::PROTOCOL_ERROR));
+                }
+                self.closed = true;
                 Step::Close(encode_close(code, ""))
             }
         })
@@ -516,6 +522,15 @@ mod tests {
         assert_eq!(
             every_step(200, &client_frame(true, OP_CLOSE, b"")),
             [Owned::Close(status::NORMAL)]
+        );
+        for forbidden in [999u16, 1004, 1005, 1006, 1015, 2000, 5000] {
+            let frame = client_frame(true, OP_CLOSE, &forbidden.to_be_bytes());
+            assert_eq!(every_step(200, &frame), [Owned::Close(1002)], "{forbidden}");
+        }
+        assert_eq!(
+            every_step(200, &client_frame(true, OP_CLOSE, b"x")),
+            [Owned::Close(1002)],
+            "a one-byte status"
         );
     }
 

@@ -703,7 +703,8 @@ impl<S: Socket> Engine<S> {
             let Some(frame) = peer.codec.next(&mut input) else {
                 return;
             };
-            self.counters.lines_in += 1;
+            // Chat lines, not requests or control frames.
+            self.counters.lines_in += u64::from(matches!(frame, Input::Line(_) | Input::TooLong));
             peer.lines.record(self.now);
             let from = (key, peer.addr);
             // Not `unix_now`: the frame borrows the connection, and with it `self`.
@@ -825,7 +826,7 @@ impl<S: Socket> Engine<S> {
         let (owed, _) = self.owed();
         let flow = &self.outbox.flow;
         web::metrics(&web::Figures {
-            clients: self.open,
+            clients: self.service.audience(None).count(),
             sockets: self.peers.len(),
             websockets: self
                 .peers

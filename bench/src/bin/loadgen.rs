@@ -12,6 +12,9 @@
 //!   as in `throughput` while short-lived connections flood the room with random lines, next
 //!   to never-readers, 1 MiB lines, resets, slowloris and churn; readers dropped, loss, the
 //!   server's peak RSS, `/who` latency.
+//!
+//! `--ws`: the throughput and idle workloads' clients are WebSocket clients of loopchat's web
+//! door (handshake, masked text frames out, text frames in) instead of line clients.
 
 use loopchat_bench::flood::{self, FloodConfig};
 use loopchat_bench::generator::{Ev, Gen, Report, Window, join, put_latency};
@@ -74,6 +77,11 @@ fn parse_opts() -> Opts {
         "proto",
         "line (loopchat, baselines) or nats (line)",
         "PROTO",
+    );
+    o.optflag(
+        "",
+        "ws",
+        "throughput and idle: WebSocket clients of loopchat's web door",
     );
     o.optopt(
         "",
@@ -196,10 +204,12 @@ fn parse_opts() -> Opts {
     };
     let opts = Opts {
         addr,
-        proto: match m.opt_str("proto").as_deref() {
-            None | Some("line") => Proto::Line,
-            Some("nats") => Proto::Nats,
-            Some(p) => usage(&format!("unknown --proto {p}")),
+        proto: match (m.opt_str("proto").as_deref(), m.opt_present("ws")) {
+            (None | Some("line"), true) => Proto::WebSocket,
+            (None | Some("line"), false) => Proto::Line,
+            (Some("nats"), false) => Proto::Nats,
+            (Some("nats"), true) => usage(&"--ws speaks loopchat's line protocol, not NATS"),
+            (Some(p), _) => usage(&format!("unknown --proto {p}")),
         },
         workload: match m.opt_str("workload").as_deref() {
             None | Some("throughput") => Workload::Throughput,
@@ -234,6 +244,11 @@ fn parse_opts() -> Opts {
     }
     if opts.clients < 2 {
         usage(&"--clients must be at least 2 (a broadcast needs a receiver)");
+    }
+    if opts.proto == Proto::WebSocket
+        && !matches!(opts.workload, Workload::Throughput | Workload::Idle)
+    {
+        usage(&"--ws is for the throughput and idle workloads");
     }
     if opts.workload == Workload::Flood && opts.flood.senders == 0 {
         usage(&"--senders must be at least 1");

@@ -9,10 +9,12 @@
 mod command;
 mod engine;
 mod framer;
+mod websocket;
 
 pub use command::command;
 pub use engine::engine;
 pub use framer::framer;
+pub use websocket::websocket;
 
 /// The fuzzer's bytes, read as a program: small numbers and byte strings, with zeros once they
 /// run out so that every input decodes to something.

@@ -65,3 +65,8 @@ fn command_inputs() {
 fn engine_inputs() {
     replay("engine", loopchat_fuzz_checks::engine);
 }
+
+#[test]
+fn websocket_inputs() {
+    replay("websocket", loopchat_fuzz_checks::websocket);
+}
