@@ -94,15 +94,15 @@ impl Chat {
         chat
     }
 
-    /// The members of a room (none if it is gone), or with `None` every client, in no
-    /// particular order: who receives an event for a room, or for everyone.
-    pub fn audience(&self, room: Option<RoomId>) -> impl Iterator<Item = ClientId> + '_ {
-        let (members, everyone) = match room {
-            Some(room) => (self.rooms.get(room), None),
-            None => (None, Some(self.directory.clients())),
-        };
-        let members = members.into_iter().flat_map(Room::members);
-        members.chain(everyone.into_iter().flatten())
+    /// The members of a room, if it is still there, in no particular order: who receives an
+    /// event for it.
+    pub fn members(&self, room: RoomId) -> Option<impl Iterator<Item = ClientId> + '_> {
+        self.rooms.get(room).map(Room::members)
+    }
+
+    /// Every client, whatever its rooms, in no particular order.
+    pub fn everyone(&self) -> impl Iterator<Item = ClientId> + '_ {
+        self.directory.clients()
     }
 
     pub fn rooms(&self) -> usize {

@@ -28,9 +28,14 @@ impl Service {
         self.mode == Mode::Echo
     }
 
-    /// Who receives an event for a room, or with `None` for everyone.
-    pub fn audience(&self, room: Option<RoomId>) -> impl Iterator<Item = ClientId> + '_ {
-        self.chat.audience(room)
+    /// Who receives an event for a room, if it is still there.
+    pub fn members(&self, room: RoomId) -> Option<impl Iterator<Item = ClientId> + '_> {
+        self.chat.members(room)
+    }
+
+    /// Who receives an event for everyone.
+    pub fn everyone(&self) -> impl Iterator<Item = ClientId> + '_ {
+        self.chat.everyone()
     }
 
     /// Rooms there are (none outside chat mode).
@@ -159,7 +164,7 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(s.audience(None).count(), 0, "ack has no chat");
+        assert_eq!(s.everyone().count(), 0, "ack has no chat");
     }
 
     #[test]
@@ -180,6 +185,6 @@ mod tests {
                 line(lobby(None), "127.0.0.1:9: by udp")
             ]
         );
-        assert_eq!(s.audience(Some(0)).count(), 2);
+        assert_eq!(s.members(0).map_or(0, Iterator::count), 2);
     }
 }

@@ -65,6 +65,11 @@ impl Deadlines {
             return None;
         }
         let Reverse((_, key, generation, timer)) = self.heap.pop()?;
+        // A crowd arriving at once sets a timer each (the greeting's, with the web door open)
+        // and leaves a heap mostly empty: give the memory back.
+        if self.heap.capacity() > 1024 && self.heap.len() < self.heap.capacity() / 4 {
+            self.heap.shrink_to(self.heap.len() * 2);
+        }
         Some((key, generation, timer))
     }
 }

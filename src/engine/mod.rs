@@ -814,7 +814,8 @@ impl<S: Socket> Engine<S> {
             }
             web::Answer::Upgrade(bytes) => {
                 self.send(key, &bytes);
-                self.peers[key].codec = Codec::WebSocket(Decoder::new(self.config.max_line));
+                self.peers[key].codec =
+                    Codec::WebSocket(Box::new(Decoder::new(self.config.max_line)));
                 self.welcome(key, false);
             }
         }
@@ -826,7 +827,7 @@ impl<S: Socket> Engine<S> {
         let (owed, _) = self.owed();
         let flow = &self.outbox.flow;
         web::metrics(&web::Figures {
-            clients: self.service.audience(None).count(),
+            clients: self.service.everyone().count(),
             sockets: self.peers.len(),
             websockets: self
                 .peers
@@ -890,8 +891,19 @@ impl<S: Socket> Engine<S> {
                     }
                 };
                 let mut tally = self.outbox.tally();
-                for key in self.service.audience(room).filter(|&k| Some(k) != except) {
-                    self.outbox.queue_to(&mut self.peers, key, wire, &mut tally);
+                let (outbox, peers) = (&mut self.outbox, &mut self.peers);
+                // Each audience's own iterator type, so that the loop over a thousand members
+                // is a plain walk of one set.
+                match room {
+                    Some(room) => {
+                        if let Some(members) = self.service.members(room) {
+                            outbox.queue_all(peers, members, except, wire, &mut tally);
+                        }
+                    }
+                    None => {
+                        let everyone = self.service.everyone();
+                        outbox.queue_all(peers, everyone, except, wire, &mut tally);
+                    }
                 }
                 self.outbox.count(tally, &mut self.counters);
             }
@@ -1184,6 +1196,22 @@ impl Outbox {
         let mut tally = self.tally();
         self.queue_to(peers, key, wire, &mut tally);
         self.count(tally, counters);
+    }
+
+    /// [`Outbox::queue_to`] for each of `keys` but `except`.
+    fn queue_all<S>(
+        &mut self,
+        peers: &mut Slab<Peer<S>>,
+        keys: impl Iterator<Item = usize>,
+        except: Option<usize>,
+        wire: Wire<'_>,
+        tally: &mut Tally,
+    ) {
+        for key in keys {
+            if Some(key) != except {
+                self.queue_to(peers, key, wire, tally);
+            }
+        }
     }
 
     /// [`Outbox::queue`] for one of many recipients: what the room's budget must count is

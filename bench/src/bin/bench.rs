@@ -106,6 +106,8 @@ enum Flavor {
 struct Server {
     name: String,
     flavor: Flavor,
+    /// loopchat's WebSocket clients instead of its line clients (`loopchat-ws`).
+    ws: bool,
     program: PathBuf,
     /// Settled on the first start: loopchat's flags minus any it rejected.
     args: Vec<String>,
@@ -139,7 +141,7 @@ fn parse_cfg() -> Cfg {
         "output directory (docs/bench; quick: a temporary directory)",
         "DIR",
     );
-    o.optopt("", "servers", "comma-separated subset of loopchat,min-broadcaster,threaded-server,tokio-server,nats-server", "LIST");
+    o.optopt("", "servers", "comma-separated subset of loopchat,loopchat-ws,min-broadcaster,threaded-server,tokio-server,nats-server", "LIST");
     o.optopt(
         "",
         "loopchat",
@@ -222,7 +224,7 @@ fn parse_cfg() -> Cfg {
         .or_else(|| find_in_path("nats-server"));
     let wanted: Vec<String> = match m.opt_str("servers") {
         Some(s) => s.split(',').map(str::to_string).collect(),
-        None => ["loopchat"]
+        None => ["loopchat", "loopchat-ws"]
             .iter()
             .chain(&BASELINES)
             .chain(&["nats-server"])
@@ -232,13 +234,14 @@ fn parse_cfg() -> Cfg {
     let mut servers = Vec::new();
     for name in wanted {
         let (flavor, program) = match name.as_str() {
-            "loopchat" => (Flavor::Loopchat, Some(loopchat.clone())),
+            "loopchat" | "loopchat-ws" => (Flavor::Loopchat, Some(loopchat.clone())),
             "nats-server" => (Flavor::Nats, nats.clone()),
             b if BASELINES.contains(&b) => (Flavor::Baseline, Some(bin_dir.join(b))),
             other => usage(&format!("unknown server {other}")),
         };
         match program.filter(|p| p.is_file()) {
             Some(program) => servers.push(Server {
+                ws: name == "loopchat-ws",
                 name,
                 flavor,
                 program,
@@ -268,6 +271,7 @@ fn parse_cfg() -> Cfg {
             .position(|s| s.name == "loopchat")
             .map_or(0, |i| i + 1);
         let server = Server {
+            ws: false,
             name: "loopchat-before".into(),
             flavor: Flavor::Loopchat,
             program: before,
@@ -654,6 +658,9 @@ fn run_one(cfg: &Cfg, s: &mut Server, w: Workload, n: usize) -> Run {
         "--duration".into(),
         duration.to_string(),
     ];
+    if s.ws {
+        args.push("--ws".into());
+    }
     match w {
         Workload::Throughput => args.extend([
             "--clients".into(),
@@ -1079,8 +1086,12 @@ fn main() {
     // Servers inner: each point compares servers measured close together in time.
     for &(w, n) in &points {
         for s in servers.iter_mut() {
-            // The flood attacks loopchat's own flow control; the baselines have none.
-            if w == Workload::Flood && s.flavor != Flavor::Loopchat {
+            // The flood attacks loopchat's own flow control; the baselines have none. The
+            // WebSocket clients are measured where they differ from line clients: fan-out and
+            // idle memory.
+            if (w == Workload::Flood && s.flavor != Flavor::Loopchat)
+                || (s.ws && !matches!(w, Workload::Throughput | Workload::Idle))
+            {
                 continue;
             }
             let t = Instant::now();
