@@ -150,9 +150,15 @@ fn model(max_line: usize, stream: &[u8]) -> Vec<Got> {
                 0x9 => got.push(Got::Pong(payload)),
                 0xA => {}
                 _ => {
-                    let status = match payload.get(..2) {
-                        Some(&[a, b]) => u16::from_be_bytes([a, b]),
-                        _ => 1000,
+                    // Echoed if it is a status an endpoint may send (RFC 6455, section
+                    // 7.4); none is a normal close; anything else breaks the protocol.
+                    let status = match payload.len() {
+                        0 => 1000,
+                        1 => 1002,
+                        _ => match u16::from_be_bytes([payload[0], payload[1]]) {
+                            code @ (1000..=1003 | 1007..=1014 | 3000..=4999) => code,
+                            _ => 1002,
+                        },
                     };
                     got.push(Got::Close(status));
                     return got;
