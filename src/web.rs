@@ -148,8 +148,104 @@ pub struct Figures {
 /// The figures in Prometheus' text exposition format, version 0.0.4.
 pub fn metrics(f: &Figures) -> String {
     let c = &f.counters;
+    let holding = f64::from(u8::from(f.holding));
+    let drops = [
+        ("too_slow", c.too_slow),
+        ("idle", c.idle),
+        ("error", c.errors),
+    ];
+    let refusals = [
+        ("full", c.refused_full),
+        ("per_address", c.refused_per_address),
+        ("connect_rate", c.refused_rate),
+    ];
+    let by_reason = |counts: &[(&str, u64)]| -> Vec<(String, f64)> {
+        let label = |reason| format!("{{reason=\"{reason}\"}}");
+        counts.iter().map(|&(r, n)| (label(r), n as f64)).collect()
+    };
+    let one = |value: f64| vec![(String::new(), value)];
+    let families = [
+        (
+            "clients",
+            "gauge",
+            "Chat clients connected (line and WebSocket).",
+            one(f.clients as f64),
+        ),
+        (
+            "sockets",
+            "gauge",
+            "Open connections, leaving ones included.",
+            one(f.sockets as f64),
+        ),
+        (
+            "websocket_clients",
+            "gauge",
+            "Connections that are WebSocket chat clients.",
+            one(f.websockets as f64),
+        ),
+        (
+            "rooms",
+            "gauge",
+            "Rooms, the lobby included.",
+            one(f.rooms as f64),
+        ),
+        (
+            "lines_in_total",
+            "counter",
+            "Chat lines taken from clients.",
+            one(c.lines_in as f64),
+        ),
+        (
+            "deliveries_total",
+            "counter",
+            "Lines queued to clients, one per recipient.",
+            one(c.lines_out as f64),
+        ),
+        (
+            "bytes_written_total",
+            "counter",
+            "Bytes written to clients.",
+            one(c.bytes_out as f64),
+        ),
+        (
+            "bytes_owed",
+            "gauge",
+            "Bytes queued for clients and not yet written.",
+            one(f.owed as f64),
+        ),
+        (
+            "flow_holding",
+            "gauge",
+            "1 while flow control holds input back.",
+            one(holding),
+        ),
+        (
+            "flow_holds_total",
+            "counter",
+            "Times flow control started holding input back.",
+            one(f.holds as f64),
+        ),
+        (
+            "flow_held_seconds_total",
+            "counter",
+            "Time input was held back.",
+            one(f.held_secs),
+        ),
+        (
+            "drops_total",
+            "counter",
+            "Clients dropped by the server, by reason.",
+            by_reason(&drops),
+        ),
+        (
+            "refusals_total",
+            "counter",
+            "Connections refused, by reason.",
+            by_reason(&refusals),
+        ),
+    ];
     let mut out = String::new();
-    let mut one = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+    for (name, kind, help, samples) in families {
         let _ = writeln!(
             out,
             "# HELP loopchat_{name} {help}\n# TYPE loopchat_{name} {kind}"
@@ -157,93 +253,7 @@ pub fn metrics(f: &Figures) -> String {
         for (labels, value) in samples {
             let _ = writeln!(out, "loopchat_{name}{labels} {value}");
         }
-    };
-    one(
-        "clients",
-        "gauge",
-        "Chat clients connected.",
-        &[("", f.clients as f64)],
-    );
-    one(
-        "sockets",
-        "gauge",
-        "Open connections, leaving ones included.",
-        &[("", f.sockets as f64)],
-    );
-    one(
-        "websocket_clients",
-        "gauge",
-        "Connections that are WebSocket chat clients.",
-        &[("", f.websockets as f64)],
-    );
-    one(
-        "rooms",
-        "gauge",
-        "Rooms, the lobby included.",
-        &[("", f.rooms as f64)],
-    );
-    one(
-        "lines_in_total",
-        "counter",
-        "Lines taken from clients.",
-        &[("", c.lines_in as f64)],
-    );
-    one(
-        "deliveries_total",
-        "counter",
-        "Lines queued to clients, one per recipient.",
-        &[("", c.lines_out as f64)],
-    );
-    one(
-        "bytes_written_total",
-        "counter",
-        "Bytes written to clients.",
-        &[("", c.bytes_out as f64)],
-    );
-    one(
-        "bytes_owed",
-        "gauge",
-        "Bytes queued for clients and not yet written.",
-        &[("", f.owed as f64)],
-    );
-    one(
-        "flow_holding",
-        "gauge",
-        "1 while flow control holds input back.",
-        &[("", f64::from(u8::from(f.holding)))],
-    );
-    one(
-        "flow_holds_total",
-        "counter",
-        "Times flow control started holding input back.",
-        &[("", f.holds as f64)],
-    );
-    one(
-        "flow_held_seconds_total",
-        "counter",
-        "Time input was held back.",
-        &[("", f.held_secs)],
-    );
-    one(
-        "drops_total",
-        "counter",
-        "Clients dropped by the server, by reason.",
-        &[
-            ("{reason=\"too_slow\"}", c.too_slow as f64),
-            ("{reason=\"idle\"}", c.idle as f64),
-            ("{reason=\"error\"}", c.errors as f64),
-        ],
-    );
-    one(
-        "refusals_total",
-        "counter",
-        "Connections refused, by reason.",
-        &[
-            ("{reason=\"full\"}", c.refused_full as f64),
-            ("{reason=\"per_address\"}", c.refused_per_address as f64),
-            ("{reason=\"connect_rate\"}", c.refused_rate as f64),
-        ],
-    );
+    }
     out
 }
 
@@ -401,6 +411,40 @@ mod tests {
             answer(&w, &other, &REMOTE, String::new),
             Answer::Upgrade(_)
         ));
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let counters = Counters {
+            lines_in: 7,
+            too_slow: 2,
+            ..Counters::default()
+        };
+        let text = metrics(&Figures {
+            clients: 3,
+            sockets: 4,
+            websockets: 1,
+            rooms: 2,
+            counters,
+            owed: 10,
+            holding: true,
+            holds: 1,
+            held_secs: 0.5,
+        });
+        for line in [
+            "# HELP loopchat_clients Chat clients connected (line and WebSocket).",
+            "# TYPE loopchat_clients gauge",
+            "loopchat_clients 3",
+            "loopchat_lines_in_total 7",
+            "loopchat_flow_holding 1",
+            "loopchat_flow_held_seconds_total 0.5",
+            "# TYPE loopchat_drops_total counter",
+            "loopchat_drops_total{reason=\"too_slow\"} 2",
+            "loopchat_refusals_total{reason=\"connect_rate\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(text.ends_with('\n'));
     }
 
     #[test]

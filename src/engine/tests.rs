@@ -34,7 +34,8 @@ impl Harness {
         }
     }
 
-    fn connect(&mut self) -> usize {
+    /// A connection, admitted: its key. With the web door open it is not greeted yet.
+    fn open(&mut self) -> usize {
         let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let key = self
             .engine
@@ -42,6 +43,12 @@ impl Harness {
             .ok()
             .expect("admitted");
         self.turn();
+        key
+    }
+
+    /// A chat client, greeted.
+    fn connect(&mut self) -> usize {
+        let key = self.open();
         self.take(key); // the welcome and intro
         key
     }
@@ -539,18 +546,6 @@ fn ws_text(text: &str) -> Vec<u8> {
 }
 
 impl Harness {
-    /// A connection that has not been greeted: its key.
-    fn open(&mut self) -> usize {
-        let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let key = self
-            .engine
-            .join(Fake::new(0), addr, self.now)
-            .ok()
-            .expect("admitted");
-        self.turn();
-        key
-    }
-
     fn sent(&mut self, key: usize) -> Vec<u8> {
         std::mem::take(&mut self.engine.socket_mut(key).unwrap().sent)
     }
