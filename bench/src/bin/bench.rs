@@ -1228,7 +1228,12 @@ fn main() {
         cfg.reps
     );
     for s in &cfg.servers {
-        let _ = writeln!(readme, "- `{}`", server_args(s));
+        let clients = if s.ws {
+            " as `loopchat-ws`: its clients are WebSocket clients (`loadgen --ws`)"
+        } else {
+            ""
+        };
+        let _ = writeln!(readme, "- `{}`{clients}", server_args(s));
     }
     let _ = write!(
         readme,
