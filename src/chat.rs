@@ -74,6 +74,8 @@ pub struct Chat {
     /// The rooms each client is in, by its id (a slab key, so the table is dense). Never empty
     /// for a client in the chat.
     places: Vec<Places>,
+    /// Quiet clients (see [`Chat::join`]): members of the lobby, not counted where people are.
+    quiet: usize,
 }
 
 /// The lobby is the first room made and is never removed.
@@ -88,6 +90,7 @@ impl Chat {
             rooms: Slab::new(),
             by_name: HashMap::new(),
             places: Vec::new(),
+            quiet: 0,
         };
         let lobby = chat.create(LOBBY);
         debug_assert_eq!(lobby, LOBBY_ID);
@@ -141,6 +144,7 @@ impl Chat {
         let places = self.places_mut(id);
         places.push(LOBBY_ID);
         places.quiet = quiet;
+        self.quiet += usize::from(quiet);
         if quiet {
             // The operator sees every connection.
             self.notice(To::Transcript, LOBBY_ID, line, out);
@@ -156,6 +160,9 @@ impl Chat {
             .places
             .get_mut(id)
             .map(|p| std::mem::take(&mut p.quiet));
+        if quiet == Some(true) {
+            self.quiet -= 1;
+        }
         if quiet == Some(true)
             && let Some(name) = self.directory.name(id)
             && self.rooms[LOBBY_ID].len() <= self.limits.announce
@@ -185,6 +192,7 @@ impl Chat {
             .get_mut(id)
             .map(std::mem::take)
             .unwrap_or_default();
+        self.quiet -= usize::from(places.quiet);
         for room in places.iter() {
             // Announced while the leaver still counts, so the limit applies to joins and
             // leaves alike; to the transcript alone for one never heard of.
@@ -374,9 +382,9 @@ impl Chat {
             None => self.create(wanted),
         };
         self.places_mut(id).push(room);
-        let r = &mut self.rooms[room];
-        r.add(id);
-        let welcome = notice::you_joined(r.name(), r.len());
+        self.rooms[room].add(id);
+        let r = &self.rooms[room];
+        let welcome = notice::you_joined(r.name(), self.people(r));
         let topic = r
             .topic()
             .map_or(notice::NO_TOPIC.to_owned(), notice::topic_is);
@@ -483,16 +491,25 @@ impl Chat {
                     .to_ascii_lowercase()
                     .cmp(&b.name().to_ascii_lowercase())
             };
-            b.len().cmp(&a.len()).then_with(by_name)
+            self.people(b).cmp(&self.people(a)).then_with(by_name)
         });
         let mut lines = vec![notice::rooms(all.len())];
         for r in all.iter().take(rooms::LISTED) {
-            lines.push(notice::room_entry(r.name(), r.len(), r.topic()));
+            lines.push(notice::room_entry(r.name(), self.people(r), r.topic()));
         }
         if all.len() > rooms::LISTED {
             lines.push(notice::more_rooms(all.len() - rooms::LISTED));
         }
         lines
+    }
+
+    /// A room's members as people see them: the quiet ones (all in the lobby) are nobody yet.
+    fn people(&self, room: &Room) -> usize {
+        if room.is_lobby() {
+            room.len() - self.quiet
+        } else {
+            room.len()
+        }
     }
 
     fn rename(&mut self, id: ClientId, new: &str, out: &mut Vec<Delivery>) {

@@ -621,3 +621,53 @@ fn a_replay_is_bounded_in_bytes() {
     assert_eq!(replay.len(), 4);
     assert_eq!(replay[3].1, "[SERVER] End of history (3 messages)");
 }
+
+// ----- quiet clients (the web door open, greeted before saying anything) -----
+
+#[test]
+fn a_quiet_client_is_nobody_until_it_speaks() {
+    let mut c = with_members(1);
+    let mut o = Vec::new();
+    c.join(2, true, &mut o);
+    let told: Vec<(To, String)> = rendered(o).into_iter().skip(2).collect();
+    assert_eq!(
+        told,
+        [out(To::Transcript, "[SERVER] Client: guest2 connected!")],
+        "the operator sees it, the room does not"
+    );
+    assert_eq!(
+        say(&mut c, 1, "/who"),
+        [out(To::One(1), "[SERVER] 1 online: guest1")]
+    );
+    assert_eq!(say(&mut c, 1, "/rooms")[1].1, "[SERVER]   #lobby (1)");
+    // It reads the lobby all the same.
+    assert!(c.members(LOBBY_ID).unwrap().any(|id| id == 2));
+
+    // Its first line makes it known, to the members only (the transcript had it).
+    let mut o = Vec::new();
+    c.receive(2, b"hello", AT, &mut o);
+    assert_eq!(
+        rendered(o),
+        [
+            out(
+                To::Members {
+                    room: LOBBY_ID,
+                    except: Some(2)
+                },
+                "[SERVER] Client: guest2 connected!"
+            ),
+            out(in_room(LOBBY_ID, 2), "guest2: hello"),
+        ]
+    );
+    assert_eq!(say(&mut c, 1, "/rooms")[1].1, "[SERVER]   #lobby (2)");
+
+    // One that leaves quiet leaves on the transcript only.
+    c.join(3, true, &mut Vec::new());
+    let mut o = Vec::new();
+    c.leave(3, None, &mut o);
+    assert_eq!(
+        rendered(o),
+        [out(To::Transcript, "[SERVER] Client: guest3 disconnected.")]
+    );
+    assert_eq!(say(&mut c, 1, "/rooms")[1].1, "[SERVER]   #lobby (2)");
+}
