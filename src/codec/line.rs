@@ -10,7 +10,7 @@
 //! `[#room] ` in front of the line; the lobby shows as nothing, since its lines keep the form
 //! they had when it was the only room.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 use crate::config::rooms::LOBBY;
 use crate::event::{Author, Event, Message};
@@ -273,26 +273,24 @@ impl LineCodec {
 
 /// An event as a text line, with its newline, appended to `out`.
 pub fn encode(event: &Event, out: &mut Vec<u8>) {
-    let mut s = String::new();
     match event {
-        Event::Line(line) => s.push_str(line),
+        Event::Line(line) => out.extend_from_slice(line.as_bytes()),
         Event::Said { room, message } => {
-            prefix(&mut s, room);
-            write_message(&mut s, message);
+            prefix(out, room);
+            write_message(out, message);
         }
         Event::Notice { room, line } => {
-            prefix(&mut s, room);
-            s.push_str(line);
+            prefix(out, room);
+            out.extend_from_slice(line.as_bytes());
         }
         Event::Replayed { room, message, at } => {
-            prefix(&mut s, room);
+            prefix(out, room);
             let secs = at % 86_400;
             let (h, m, sec) = (secs / 3600, secs / 60 % 60, secs % 60);
-            let _ = write!(s, "[history {h:02}:{m:02}:{sec:02}] ");
-            write_message(&mut s, message);
+            let _ = write!(out, "[history {h:02}:{m:02}:{sec:02}] ");
+            write_message(out, message);
         }
     }
-    out.extend_from_slice(s.as_bytes());
     out.push(b'\n');
 }
 
@@ -305,25 +303,26 @@ pub fn render(event: &Event) -> String {
 }
 
 /// `[#room] ` for every room but the lobby.
-fn prefix(s: &mut String, room: &str) {
+fn prefix(out: &mut Vec<u8>, room: &str) {
     if room != LOBBY {
-        s.push('[');
-        s.push_str(room);
-        s.push_str("] ");
+        out.push(b'[');
+        out.extend_from_slice(room.as_bytes());
+        out.extend_from_slice(b"] ");
     }
 }
 
 /// `alice: text`, `* alice text`, `127.0.0.1:9: text`, `SERVER: text`.
-fn write_message(s: &mut String, message: &Message) {
+fn write_message(out: &mut Vec<u8>, message: &Message) {
     let author: &dyn std::fmt::Display = match &message.author {
         Author::Client(name) => name,
         Author::Datagram(addr) => addr,
         Author::Operator => &"SERVER",
     };
+    // Writing to a Vec cannot fail.
     let _ = if message.action {
-        write!(s, "* {author} {}", message.text)
+        write!(out, "* {author} {}", message.text)
     } else {
-        write!(s, "{author}: {}", message.text)
+        write!(out, "{author}: {}", message.text)
     };
 }
 

@@ -373,6 +373,12 @@ fn reason(code: u16) -> &'static str {
 /// A frame from the server: never masked (section 5.1), always final.
 fn encode(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 10);
+    encode_into(opcode, payload, &mut out);
+    out
+}
+
+/// [`encode`], appended to `out`.
+fn encode_into(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.push(0x80 | opcode);
     match payload.len() {
         n @ 0..=125 => out.push(n as u8),
@@ -386,13 +392,12 @@ fn encode(opcode: u8, payload: &[u8]) -> Vec<u8> {
         }
     }
     out.extend_from_slice(payload);
-    out
 }
 
 /// A line (without its newline) as one text frame, appended to `out`: a broadcast frames it
 /// once for all its WebSocket recipients.
 pub fn encode_text(line: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&encode(OP_TEXT, line));
+    encode_into(OP_TEXT, line, out);
 }
 
 /// A close frame with a status and a reason.
