@@ -935,20 +935,9 @@ impl Json {
     }
 }
 
-/// `s` as a JSON string literal.
+/// `s` as a JSON string literal, escaped by the benchmark's JSON writer.
 fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    loopchat_bench::json::Json::Str(s.to_owned()).to_string()
 }
 
 /// A recursive-descent JSON reader over the bytes of a document.
