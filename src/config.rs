@@ -3,9 +3,12 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use getopts::{Matches, Options};
+
+use crate::tls::Tls;
 
 /// What the server does with the bytes a client sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +96,9 @@ pub struct Config {
     /// The web door (the chat page, WebSocket clients, `/metrics`) in chat mode; `None` with
     /// `--no-web`, or in echo and ack mode.
     pub web: Option<Web>,
+    /// TLS on the chat port (`--tls-cert`, `--tls-key`), chat mode only: a client that opens
+    /// with a ClientHello gets a TLS session.
+    pub tls: Option<Tls>,
     /// The first line every client receives.
     pub welcome: String,
     /// Read operator commands from standard input.
@@ -214,6 +220,18 @@ pub mod web {
     pub const HANDSHAKE: Duration = Duration::from_secs(5);
 }
 
+/// TLS's timing (src/tls.rs; docs/protocol.md, "TLS").
+pub mod tls {
+    use std::time::Duration;
+
+    /// How long a TLS handshake may take, from the ClientHello to the client's Finished (and,
+    /// with the web door, its request head too): one round trip and a little crypto, so a
+    /// client still in the middle of it after this is stalling on purpose. Also how long a
+    /// silent connection waits for a ClientHello under `--tls-only`. nats-server allows 2 s;
+    /// this is the web door's deadline, for one rule on the port.
+    pub const HANDSHAKE: Duration = super::web::HANDSHAKE;
+}
+
 /// Why the command line could not be used, printed above the usage text.
 #[derive(Debug)]
 pub struct UsageError(pub String);
@@ -326,6 +344,18 @@ fn options() -> Options {
         "who may GET /metrics: loopback (default), any, or off",
         "WHO",
     );
+    o.optopt(
+        "",
+        "tls-cert",
+        "TLS on the chat port with this certificate chain (PEM; `make cert`)",
+        "FILE",
+    );
+    o.optopt("", "tls-key", "the private key of --tls-cert (PEM)", "FILE");
+    o.optflag(
+        "",
+        "tls-only",
+        "refuse clients that do not start TLS (needs --tls-cert)",
+    );
     o.optopt("", "welcome", "the first line each client receives", "TEXT");
     o.optflag("", "no-console", "do not read operator commands from stdin");
     o.optflag("q", "quiet", "print only the listening address on stdout");
@@ -415,6 +445,24 @@ pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Parsed, UsageEr
         origins: m.opt_strs("ws-origin"),
         metrics,
     });
+    let tls = match (m.opt_str("tls-cert"), m.opt_str("tls-key")) {
+        (None, None) if m.opt_present("tls-only") => {
+            return Err(UsageError(
+                "--tls-only needs --tls-cert and --tls-key".into(),
+            ));
+        }
+        (None, None) => None,
+        (Some(cert), Some(key)) if mode == Mode::Chat => Some(
+            Tls::load(Path::new(&cert), Path::new(&key), m.opt_present("tls-only"))
+                .map_err(UsageError)?,
+        ),
+        (Some(_), Some(_)) => {
+            return Err(UsageError("--tls-cert: TLS is for chat mode".into()));
+        }
+        _ => {
+            return Err(UsageError("--tls-cert and --tls-key go together".into()));
+        }
+    };
     let history = number(&m, "history", defaults::HISTORY)?;
     if history > rooms::MAX_HISTORY {
         return Err(UsageError(format!(
@@ -440,6 +488,7 @@ pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Parsed, UsageEr
         announce_limit: number(&m, "announce-limit", defaults::ANNOUNCE_LIMIT)?,
         history,
         web,
+        tls,
         welcome: m
             .opt_str("welcome")
             .unwrap_or_else(|| defaults::WELCOME.into()),
@@ -519,6 +568,14 @@ mod tests {
             &["--udp-port", "x"],
             &["--history", "1001"],
             &["--metrics", "everyone"],
+            &["--tls-only"],
+            &["--tls-cert", "cert.pem"],
+            &[
+                "--tls-cert",
+                "/nonexistent/cert.pem",
+                "--tls-key",
+                "/nonexistent/key.pem",
+            ],
             &["--bogus"],
             &["stray"],
         ] {

@@ -24,6 +24,8 @@
 //!   events to their recipients, and the flow control (`engine/flow.rs`).
 //! - [`web`]: the web door on the chat port: the chat page, the WebSocket handshake,
 //!   `/metrics`.
+//! - [`tls`]: TLS on the chat port: the certificate, and the rustls session that sits between
+//!   a connection's socket and its codec.
 //! - [`server`]: the mio shell: poll, sockets, accept limits, console, signals, stdout.
 //! - [`client`]: the bundled command-line client.
 
@@ -43,4 +45,5 @@ pub mod room;
 pub mod server;
 pub mod service;
 pub mod text;
+pub mod tls;
 pub mod web;

@@ -201,6 +201,12 @@ pub const NOT_HTTP: &str =
     "[SERVER] Error: this is a chat server, not a web server: connect with nc or loopchat-client";
 pub const NOT_TLS: &str =
     "[SERVER] Error: this is a plain-text chat server, not TLS: connect with nc or loopchat-client";
+/// To a plain-text client under `--tls-only`.
+pub const TLS_ONLY: &str =
+    "[SERVER] Error: this server takes TLS only: connect with loopchat-client --tls";
+/// To a client that starts TLS after it was greeted in plain text.
+pub const TLS_TOO_LATE: &str =
+    "[SERVER] Error: TLS must start as soon as you connect, before the server's greeting";
 
 pub fn too_long(max_line: usize) -> String {
     format!("[SERVER] Error: message too long (max {max_line} bytes)")
@@ -252,6 +258,15 @@ pub fn received(text: &str) -> String {
 }
 
 /// The second line on standard output when UDP is on.
+/// Said after the address when `--tls-cert` is given.
+pub fn listening_tls(only: bool) -> &'static str {
+    if only {
+        "[SERVER] TLS on the same port, and nothing else (--tls-only)"
+    } else {
+        "[SERVER] TLS on the same port, beside plain-text clients"
+    }
+}
+
 pub fn listening_udp(addr: SocketAddr) -> String {
     format!("[SERVER] Listening on UDP {addr}")
 }
@@ -281,8 +296,8 @@ pub fn stats(s: &Stats) -> [String; 4] {
     let c = &s.counters;
     [
         format!(
-            "[SERVER] Stats: {} clients, {} sockets, up {} s",
-            s.clients, s.sockets, s.uptime_secs
+            "[SERVER] Stats: {} clients, {} sockets ({} TLS), up {} s",
+            s.clients, s.sockets, s.tls, s.uptime_secs
         ),
         format!(
             "[SERVER]   in {} lines ({:.0}/s), out {} lines ({:.0}/s), {} bytes written",
@@ -303,6 +318,8 @@ pub fn stats(s: &Stats) -> [String; 4] {
 pub struct Stats {
     pub clients: usize,
     pub sockets: usize,
+    /// Sockets with a TLS session.
+    pub tls: usize,
     pub uptime_secs: u64,
     pub counters: Counters,
     pub lines_in_per_sec: f64,

@@ -73,6 +73,11 @@ pub fn refusal(status: u16) -> Vec<u8> {
     error(status, "a request this server does not take")
 }
 
+/// The answer to a plain-text request under `--tls-only`.
+pub fn https_only() -> Vec<u8> {
+    error(400, "this server takes https:// only")
+}
+
 /// The WebSocket handshake: checked, then answered with the accept key.
 fn upgrade(web: &Web, request: &Request) -> Answer {
     if !request
@@ -137,6 +142,8 @@ pub struct Figures {
     pub clients: usize,
     pub sockets: usize,
     pub websockets: usize,
+    /// Connections with a TLS session (some of them also among `websockets`).
+    pub tls: usize,
     pub rooms: usize,
     pub counters: Counters,
     pub owed: usize,
@@ -182,6 +189,12 @@ pub fn metrics(f: &Figures) -> String {
             "gauge",
             "Connections that are WebSocket chat clients.",
             one(f.websockets as f64),
+        ),
+        (
+            "tls_connections",
+            "gauge",
+            "Connections with a TLS session.",
+            one(f.tls as f64),
         ),
         (
             "rooms",
@@ -424,6 +437,7 @@ mod tests {
             clients: 3,
             sockets: 4,
             websockets: 1,
+            tls: 1,
             rooms: 2,
             counters,
             owed: 10,
@@ -436,6 +450,7 @@ mod tests {
             "# TYPE loopchat_clients gauge",
             "loopchat_clients 3",
             "loopchat_lines_in_total 7",
+            "loopchat_tls_connections 1",
             "loopchat_flow_holding 1",
             "loopchat_flow_held_seconds_total 0.5",
             "# TYPE loopchat_drops_total counter",

@@ -247,11 +247,11 @@ impl<S: Socket> Engine<S> {
         self.open += 1;
         self.next_generation += 1;
         let bucket = (self.config.rate > 0).then(|| Bucket::new(self.config.rate, now));
-        // With the web door open, a connection is greeted only once it is known not to be a
-        // browser's request (see `config::web::GREET`).
-        let codec = match self.config.web {
-            Some(_) => Codec::Unsure,
-            None => Codec::Line(LineCodec::new(self.config.max_line)),
+        // With the web door open, or TLS, a connection is greeted only once it is known not to
+        // be a browser's request or a TLS handshake (see `config::web::GREET`).
+        let codec = match (&self.config.web, &self.config.tls) {
+            (None, None) => Codec::Line(LineCodec::new(self.config.max_line)),
+            _ => Codec::Unsure,
         };
         let peer = Peer::new(
             socket,
@@ -263,23 +263,49 @@ impl<S: Socket> Engine<S> {
         );
         let key = self.peers.insert(peer);
         match self.peers[key].codec {
+            // Under `--tls-only` nobody is greeted in plain text: a client has the handshake
+            // deadline to start TLS.
+            Codec::Unsure if self.tls_only() => {
+                self.arm(key, Timer::Handshake, now + config::tls::HANDSHAKE)
+            }
             Codec::Unsure => self.arm(key, Timer::Greet, now + config::web::GREET),
             _ => self.welcome(key, false),
         }
         Ok(key)
     }
 
+    fn tls_only(&self) -> bool {
+        self.config.tls.as_ref().is_some_and(|t| t.only)
+    }
+
     /// A connection that has sent nothing (`quiet`), or something that is no web request, is a
-    /// chat client of the line protocol.
-    fn greet(&mut self, key: usize, quiet: bool) {
+    /// chat client of the line protocol. Returns whether it is: not while its TLS handshake is
+    /// under way, nor in plain text under `--tls-only`.
+    fn greet(&mut self, key: usize, quiet: bool) -> bool {
+        let tls_only = self.tls_only();
         let Some(peer) = self.peers.get_mut(key) else {
-            return;
+            return false;
         };
-        if !matches!(peer.codec, Codec::Unsure) || peer.state != State::Open {
-            return;
+        let unsecured = match &peer.tls {
+            Some(session) => session.is_handshaking(),
+            None => tls_only,
+        };
+        if !matches!(peer.codec, Codec::Unsure) || peer.state != State::Open || unsecured {
+            return false;
         }
         peer.codec = Codec::Line(LineCodec::new(self.config.max_line));
         self.welcome(key, quiet);
+        true
+    }
+
+    /// A client's TLS handshake is done: inside the session, it is now what a plain connection
+    /// is when it opens, a chat client or (web door open) perhaps a browser's request.
+    fn secured(&mut self, key: usize) {
+        if self.config.web.is_some() {
+            self.arm(key, Timer::Greet, self.now + config::web::GREET);
+        } else {
+            self.greet(key, false);
+        }
     }
 
     /// A connection is a chat client from now on (or, in echo and ack mode, a client of the
@@ -327,6 +353,10 @@ impl<S: Socket> Engine<S> {
             let peer = &mut self.peers[key];
             let n = match peer.read(&mut scratch[..want.min(share)]) {
                 Got::Bytes(n) => n,
+                Got::Secured => {
+                    self.secured(key);
+                    continue;
+                }
                 Got::Nothing => break,
                 Got::End if peer.state == State::Draining => {
                     // The client has read our end of the stream and closed its own.
@@ -354,6 +384,13 @@ impl<S: Socket> Engine<S> {
             }
         }
         self.scratch = scratch;
+        // A TLS session may have bytes of its own to send (its half of the handshake), with
+        // nothing owed to the chat client.
+        if let Some(peer) = self.peers.get_mut(key)
+            && peer.wants_write()
+        {
+            self.outbox.mark_dirty(peer, key);
+        }
         self.after_input(key);
     }
 
@@ -365,7 +402,7 @@ impl<S: Socket> Engine<S> {
         if peer.writing == Writing::Blocked {
             peer.writing = Writing::Idle;
         }
-        if !peer.owed.is_empty() {
+        if peer.wants_write() {
             self.outbox.mark_dirty(peer, key);
         }
     }
@@ -452,7 +489,9 @@ impl<S: Socket> Engine<S> {
                 Timer::RateResume => self.resume(key),
                 Timer::Idle => self.check_idle(key),
                 Timer::Linger => self.check_linger(key),
-                Timer::Greet => self.greet(key, true),
+                Timer::Greet => {
+                    self.greet(key, true);
+                }
                 Timer::Handshake => self.handshake_over(key),
             }
         }
@@ -487,6 +526,11 @@ impl<S: Socket> Engine<S> {
         unix_secs(self.started_unix, self.started, self.now)
     }
 
+    /// Connections with a TLS session.
+    fn tls_sockets(&self) -> usize {
+        self.peers.iter().filter(|(_, p)| p.tls.is_some()).count()
+    }
+
     /// The figures `/stats` shows.
     fn stats(&mut self, now: Instant) -> notice::Stats {
         let c = self.counters;
@@ -496,6 +540,7 @@ impl<S: Socket> Engine<S> {
         notice::Stats {
             clients: self.open,
             sockets: self.peers.len(),
+            tls: self.tls_sockets(),
             uptime_secs: now.saturating_duration_since(self.started).as_secs(),
             counters: c,
             lines_in_per_sec,
@@ -650,14 +695,8 @@ impl<S: Socket> Engine<S> {
         if self.service.is_echo() {
             return self.send(key, bytes);
         }
-        if matches!(self.peers[key].codec, Codec::Unsure) {
-            // The first bytes: a browser's request, or a chat client that spoke first.
-            if http::starts_request(bytes) {
-                self.peers[key].codec = Codec::Http(http::HeadReader::default());
-                self.arm(key, Timer::Handshake, self.now + config::web::HANDSHAKE);
-            } else {
-                self.greet(key, false);
-            }
+        if matches!(self.peers[key].codec, Codec::Unsure) && !self.first_bytes(key, bytes) {
+            return;
         }
         if let Codec::Line(codec) = &mut self.peers[key].codec
             && let Some(foreign) = codec.received(bytes)
@@ -665,6 +704,43 @@ impl<S: Socket> Engine<S> {
             return self.reject_foreign(key, foreign);
         }
         self.take_lines(key, bytes);
+    }
+
+    /// The first bytes of a connection not yet known (or of a TLS session just secured): a TLS
+    /// handshake, a browser's request, or a chat client that spoke first. Returns whether they
+    /// are to be read as what the connection now is; false if they were taken or refused here.
+    fn first_bytes(&mut self, key: usize, bytes: &[u8]) -> bool {
+        let peer = &mut self.peers[key];
+        if let Some(tls) = self.config.tls.as_ref()
+            && peer.tls.is_none()
+        {
+            if line::is_tls_hello(bytes) {
+                if let Err(e) = peer.start_tls(tls, bytes) {
+                    log::debug!("{}: TLS handshake refused: {e}", peer.addr);
+                    self.close_now(key);
+                } else {
+                    self.arm(key, Timer::Handshake, self.now + config::tls::HANDSHAKE);
+                }
+                return false;
+            }
+            if tls.only {
+                let refusal = if http::starts_request(bytes) {
+                    web::https_only()
+                } else {
+                    format!("{}\n", notice::TLS_ONLY).into_bytes()
+                };
+                self.send(key, &refusal);
+                self.depart(key, Some("did not start TLS"));
+                return false;
+            }
+        }
+        if self.config.web.is_some() && http::starts_request(bytes) {
+            self.peers[key].codec = Codec::Http(http::HeadReader::default());
+            self.arm(key, Timer::Handshake, self.now + config::web::HANDSHAKE);
+        } else {
+            self.greet(key, false);
+        }
+        true
     }
 
     /// Frames `input` (after any lines held back) and acts on each line while the client's
@@ -730,8 +806,11 @@ impl<S: Socket> Engine<S> {
             return;
         }
         if peer.reading == Reading::Ended && matches!(peer.codec, Codec::Unsure) {
-            // It left before saying anything: nobody (a browser's spare connection, say).
-            self.greet(key, true);
+            // It left before saying anything: nobody (a browser's spare connection, say), or
+            // in the middle of its TLS handshake.
+            if !self.greet(key, true) {
+                return self.close_now(key);
+            }
             return self.after_input(key);
         }
         if peer.reading == Reading::Ended {
@@ -791,6 +870,10 @@ impl<S: Socket> Engine<S> {
     fn reject_foreign(&mut self, key: usize, foreign: Foreign) {
         let (line, reason) = match foreign {
             Foreign::Http => (notice::NOT_HTTP, "sent an HTTP request"),
+            // Greeted in plain text already: too late for TLS on this connection.
+            Foreign::Tls if self.config.tls.is_some() => {
+                (notice::TLS_TOO_LATE, "sent a TLS handshake late")
+            }
             Foreign::Tls => (notice::NOT_TLS, "sent a TLS handshake"),
         };
         self.send_line(key, line);
@@ -834,6 +917,7 @@ impl<S: Socket> Engine<S> {
                 .iter()
                 .filter(|(_, p)| p.codec.is_websocket())
                 .count(),
+            tls: self.tls_sockets(),
             rooms: self.service.rooms(),
             counters: self.counters,
             owed,
@@ -1142,13 +1226,21 @@ impl<S: Socket> Engine<S> {
         self.close_now(key);
     }
 
-    /// A request head that is still not whole is a slowloris: the connection is closed.
+    /// A TLS handshake, or a request head, that is still not done is a slowloris: the
+    /// connection is closed. So is a silent connection under `--tls-only`.
     fn handshake_over(&mut self, key: usize) {
-        if let Some(peer) = self.peers.get(key)
-            && matches!(peer.codec, Codec::Http(_))
-            && peer.state == State::Open
-        {
-            log::debug!("{}: request head not whole in time", peer.addr);
+        let tls_only = self.tls_only();
+        let Some(peer) = self.peers.get(key) else {
+            return;
+        };
+        let late = match (&peer.codec, &peer.tls) {
+            (Codec::Http(_), _) => "request head not whole",
+            (_, Some(session)) if session.is_handshaking() => "TLS handshake not done",
+            (Codec::Unsure, None) if tls_only => "no TLS handshake",
+            _ => return,
+        };
+        if peer.state == State::Open {
+            log::debug!("{}: {late} in time", peer.addr);
             self.close_now(key);
         }
     }

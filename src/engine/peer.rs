@@ -1,6 +1,7 @@
 //! One connection as the engine sees it: what it sent that is not yet a line, what it is owed,
 //! and where it stands with the limits. The socket itself is the event loop's, carried along
-//! as an opaque `S` so that one table holds everything about a connection.
+//! as an opaque `S` so that one table holds everything about a connection; a TLS connection's
+//! bytes pass through its session ([`crate::tls`]) on their way in and out.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use super::Socket;
 use super::flow::Pace;
 use crate::codec::Codec;
 use crate::rate::Bucket;
+use crate::tls::{Plain, Session, Tls};
 
 /// Output capacity kept after a flush. A busy room refills every client's buffer each turn:
 /// freeing and growing it again cost a third of the server's time in the benchmark (page
@@ -65,6 +67,9 @@ pub struct Peer<S> {
     pub state: State,
     /// The wire format: lines in, events out.
     pub codec: Codec,
+    /// The TLS session between the socket and the codec, for a client that started one. Boxed:
+    /// a session is kilobytes, and plain connections pay only for the pointer.
+    pub tls: Option<Box<Session>>,
     /// Bytes owed to the client, not yet taken by its socket.
     pub owed: Owed,
     pub reading: Reading,
@@ -95,6 +100,7 @@ impl<S> Peer<S> {
             generation,
             state: State::Open,
             codec,
+            tls: None,
             owed: Owed {
                 bytes: Vec::new(),
                 refused_since: None,
@@ -110,23 +116,18 @@ impl<S> Peer<S> {
         }
     }
 
-    /// The socket took `n` bytes of what is owed. A client that has taken everything keeps up.
-    fn wrote(&mut self, n: usize) {
-        let owed = &mut self.owed;
-        owed.bytes.drain(..n);
-        if owed.bytes.is_empty() {
-            owed.pace = Pace::Keeping;
-            owed.refused_since = None;
-            if owed.bytes.capacity() > OUT_KEEP {
-                owed.bytes = Vec::new();
-            }
-        }
+    /// Whether bytes wait for the socket: what the client is owed, or what its TLS session has
+    /// to send of its own (the handshake, a key update, an alert).
+    pub fn wants_write(&self) -> bool {
+        !self.owed.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 }
 
 /// What one read of a connection's socket found.
 pub enum Got {
     Bytes(usize),
+    /// The TLS handshake is done; no bytes yet.
+    Secured,
     /// Nothing now (WouldBlock): the next event says when there is more.
     Nothing,
     /// The end of the stream: the client closed its side.
@@ -148,12 +149,21 @@ pub struct Wrote {
 }
 
 impl<S: Socket> Peer<S> {
-    /// Reads what the socket has, up to `buf`'s length, and notes where reading stands.
+    /// Reads what the socket has (decrypted, over TLS), up to `buf`'s length, and notes where
+    /// reading stands.
     pub fn read(&mut self, buf: &mut [u8]) -> Got {
         loop {
-            return match self.socket.read(buf) {
-                Ok(0) => Got::End,
-                Ok(n) => {
+            let read = match self.tls.as_deref_mut() {
+                None => self.socket.read(buf).map(|n| match n {
+                    0 => Plain::End,
+                    n => Plain::Bytes(n),
+                }),
+                Some(tls) => tls.read(&mut Io(&mut self.socket), buf),
+            };
+            return match read {
+                Ok(Plain::End) => Got::End,
+                Ok(Plain::Secured) => Got::Secured,
+                Ok(Plain::Bytes(n)) => {
                     self.reading = Reading::Ready { drained: false };
                     Got::Bytes(n)
                 }
@@ -167,8 +177,18 @@ impl<S: Socket> Peer<S> {
         }
     }
 
-    /// Writes what the client is owed until all is written or its socket is full. The engine
-    /// settles its books (the room's budget, the counters, who is too slow) from the result.
+    /// The client's first bytes were a TLS ClientHello: from now on its bytes pass through a
+    /// session. Fails (after telling the client with an alert) if they are not TLS after all.
+    pub fn start_tls(&mut self, tls: &Tls, first: &[u8]) -> io::Result<()> {
+        let session = Session::start(tls, first, &mut Io(&mut self.socket))?;
+        self.tls = Some(Box::new(session));
+        Ok(())
+    }
+
+    /// Writes what the client is owed until all is written or its socket is full (over TLS:
+    /// encrypted a record at a time, then written, and a closing connection's close_notify
+    /// last). The engine settles its books (the room's budget, the counters, who is too slow)
+    /// from the result; `bytes` counts what the client was owed, not the records' overhead.
     pub fn write_owed(&mut self, now: Instant) -> Wrote {
         let before = self.owed.len();
         let was_behind = self.owed.pace == Pace::Behind;
@@ -179,17 +199,30 @@ impl<S: Socket> Peer<S> {
             caught_up: false,
             error: None,
         };
-        while !self.owed.is_empty() {
-            match self.socket.write(&self.owed.bytes) {
+        let closing = self.state == State::Closing;
+        loop {
+            let written = match self.tls.as_deref_mut() {
+                None if self.owed.is_empty() => break,
+                None => self.socket.write(&self.owed.bytes).inspect(|&n| {
+                    wrote.bytes += n;
+                    self.owed.took(n);
+                }),
+                Some(tls) => {
+                    let n = tls.encrypt(&self.owed.bytes, closing);
+                    wrote.bytes += n;
+                    self.owed.took(n);
+                    if !tls.wants_write() {
+                        break;
+                    }
+                    tls.write_tls(&mut Io(&mut self.socket))
+                }
+            };
+            match written {
                 Ok(0) => {
                     wrote.error = Some(io::ErrorKind::WriteZero.into());
                     break;
                 }
-                Ok(n) => {
-                    wrote.bytes += n;
-                    self.wrote(n);
-                    self.last_output = now;
-                }
+                Ok(_) => self.last_output = now,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.writing = Writing::Blocked;
                     self.owed.refused_since.get_or_insert(now);
@@ -219,6 +252,18 @@ pub struct Owed {
 }
 
 impl Owed {
+    /// The socket took `n` bytes of what is owed. A client that has taken everything keeps up.
+    fn took(&mut self, n: usize) {
+        self.bytes.drain(..n);
+        if self.bytes.is_empty() {
+            self.pace = Pace::Keeping;
+            self.refused_since = None;
+            if self.bytes.capacity() > OUT_KEEP {
+                self.bytes = Vec::new();
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
@@ -248,5 +293,24 @@ impl Lines {
             bucket.spend();
         }
         self.last = now;
+    }
+}
+
+/// A connection's socket as rustls reads and writes it.
+struct Io<'a, S>(&'a mut S);
+
+impl<S: Socket> io::Read for Io<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<S: Socket> io::Write for Io<'_, S> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

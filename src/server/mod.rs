@@ -120,6 +120,9 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     if let Some(socket) = &udp {
         stdout.write(format!("{}\n", notice::listening_udp(socket.local_addr()?)).as_bytes());
     }
+    if let Some(tls) = &config.tls {
+        stdout.write(format!("{}\n", notice::listening_tls(tls.only)).as_bytes());
+    }
     log::info!(
         "listening on {local}, at most {} clients",
         config.max_clients
