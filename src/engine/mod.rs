@@ -490,7 +490,9 @@ impl<S: Socket> Engine<S> {
                 Timer::Idle => self.check_idle(key),
                 Timer::Linger => self.check_linger(key),
                 Timer::Greet => {
-                    self.greet(key, true);
+                    // Quiet only where a browser may have opened it and never use it.
+                    let quiet = self.config.web.is_some();
+                    self.greet(key, quiet);
                 }
                 Timer::Handshake => self.handshake_over(key),
             }
