@@ -295,7 +295,7 @@ fn the_page_and_metrics_over_https() {
     let server = Launch::new(&certs.args().iter().map(String::as_str).collect::<Vec<_>>())
         .web()
         .start();
-    let mut get = |path: &str| {
+    let get = |path: &str| {
         let mut c = TlsClient::connect(server.addr, &certs);
         let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
         c.stream.write_all(request.as_bytes()).unwrap();
