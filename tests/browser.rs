@@ -18,6 +18,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::tls::{Certs, TlsClient};
 use common::{Launch, Server};
 
 /// The browser the tests drive: Debian's package, never a downloaded one.
@@ -97,6 +98,31 @@ fn page_and_line_client_talk_both_ways() {
         !log.contains(" room:") && !log.contains(" rooms:") && !log.contains("#lobby ("),
         "the page's own /rooms answer is in the log: {log:?}"
     );
+    page.assert_no_console_errors();
+}
+
+/// The page over https:// (a certificate made at test time), chatting with a TLS line client.
+/// A page served over https:// may only open a `wss://` WebSocket (a `ws://` one is blocked as
+/// mixed content), so a page that chats is chatting over TLS.
+#[test]
+fn page_over_https_chats_over_wss() {
+    let Some(_one) = browser_available("page_over_https_chats_over_wss") else {
+        return;
+    };
+    let certs = Certs::new();
+    let args = certs.args();
+    let server = web_server(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let driver = Driver::start();
+    let url = format!("https://localhost:{}/", server.addr.port());
+    let page = Page::open_url(&driver, &url, (1000, 800));
+    let protocol = page.js("return location.protocol", &[]);
+    assert_eq!(protocol.as_str(), Some("https:"));
+    let mut line = TlsClient::connect(server.addr, &certs).greeted();
+
+    page.type_line("hello over wss");
+    line.expect_eventually(&format!("{}: hello over wss", page.name));
+    line.send("hello over TLS");
+    page.wait_log_contains(&format!("{}: hello over TLS", line.name));
     page.assert_no_console_errors();
 }
 
@@ -431,8 +457,14 @@ struct Page<'d> {
 impl<'d> Page<'d> {
     /// Opens the page served by `server` in a new browser window of `size` (width, height).
     fn open(driver: &'d Driver, server: &Server, size: (u32, u32)) -> Page<'d> {
+        Page::open_url(driver, &format!("http://{}/", server.addr), size)
+    }
+
+    /// Opens the page at `url` (https:// with a certificate made by the test, which the
+    /// session accepts).
+    fn open_url(driver: &'d Driver, url: &str, size: (u32, u32)) -> Page<'d> {
         let session = driver.session(size);
-        session.navigate(&format!("http://{}/", server.addr));
+        session.navigate(url);
         let mut page = Page {
             session,
             name: String::new(),
@@ -655,7 +687,7 @@ impl Driver {
             String::new()
         };
         let caps = format!(
-            r#"{{"capabilities":{{"alwaysMatch":{{"goog:loggingPrefs":{{"browser":"ALL"}},"goog:chromeOptions":{{"binary":{},"args":{args}{phone}}}}}}}}}"#,
+            r#"{{"capabilities":{{"alwaysMatch":{{"acceptInsecureCerts":true,"goog:loggingPrefs":{{"browser":"ALL"}},"goog:chromeOptions":{{"binary":{},"args":{args}{phone}}}}}}}}}"#,
             quote(CHROMIUM)
         );
         let (status, body) = http(self.port, "POST", "/session", &caps).expect("POST /session");
