@@ -11,6 +11,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::tls::{Certs, TlsClient};
 use common::{Reaper, Server, WAIT, have, lines_channel};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/intercept.sh");
@@ -276,4 +277,37 @@ fn seconds_ends_the_capture_by_itself() {
     );
     let left = capture.left_over();
     assert!(left.is_empty(), "processes left after SECONDS: {left:?}");
+}
+
+/// A TLS session on the wire: its lines appear nowhere in the capture, while a plain client's
+/// line in the same capture does (so the capture did see the traffic).
+#[test]
+fn tls_sessions_are_unreadable_on_the_wire() {
+    let certs = Certs::new();
+    let args = certs.args();
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let port = server.addr.port().to_string();
+    let Some(mut capture) = Capture::start(&[&port]) else {
+        return;
+    };
+
+    let mut alice = TlsClient::connect(server.addr, &certs).greeted();
+    let mut bob = TlsClient::connect(server.addr, &certs).greeted();
+    alice.send("hola, secreto");
+    bob.expect_eventually(&format!("{}: hola, secreto", alice.name));
+    let mut carol = server.client();
+    carol.send("esto se ve");
+    bob.expect_eventually(&format!("{}: esto se ve", carol.name));
+    capture.expect_live("esto se ve\\n", WAIT);
+
+    capture.interrupt();
+    assert_eq!(capture.finish(WAIT), Some(0));
+    let out = capture.out.join("\n");
+    assert!(!out.contains("secreto"), "a TLS line is readable:\n{out}");
+    // The plain client's greeting, and only its.
+    assert_eq!(
+        out.matches("Welcome").count(),
+        1,
+        "a TLS greeting is readable:\n{out}"
+    );
 }

@@ -72,6 +72,12 @@ pub const LINGER: Duration = Duration::from_secs(2);
 pub trait Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize>;
+    /// Several buffers in one write where the socket can (a TLS session's records, which
+    /// would otherwise leave in a segment each).
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+        self.write(first)
+    }
     /// Ends the stream in this direction (a FIN after what was written); reading goes on.
     fn shutdown_write(&mut self);
 }

@@ -310,6 +310,10 @@ impl<S: Socket> io::Write for Io<'_, S> {
         self.0.write(bytes)
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.write_vectored(bufs)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }

@@ -635,3 +635,127 @@ fn a_browser_gets_the_page_and_a_websocket_client_the_chat_in_frames() {
     }
     assert_eq!(h.sent(ws), frames);
 }
+
+/// A certificate for `localhost` in PEM files, and a client configuration trusting it.
+struct TestCert {
+    dir: std::path::PathBuf,
+    client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl TestCert {
+    fn new(name: &str) -> TestCert {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let dir = std::env::temp_dir().join(format!("loopchat-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), made.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), made.signing_key.serialize_pem()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(made.cert.der().clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TestCert {
+            dir,
+            client: std::sync::Arc::new(client),
+        }
+    }
+
+    fn flags(&self) -> [String; 4] {
+        let file = |f: &str| self.dir.join(f).display().to_string();
+        [
+            "--tls-cert".into(),
+            file("cert.pem"),
+            "--tls-key".into(),
+            file("key.pem"),
+        ]
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Moves bytes between a rustls client and its fake socket until neither has more: what the
+/// client has for the server arrives (and is read), and what the server wrote is decrypted.
+/// The socket takes only `room` bytes a turn, so the server's flight is written over several
+/// writable events. Returns the plaintext the client received.
+fn pump(h: &mut Harness, key: usize, client: &mut rustls::ClientConnection, room: usize) -> String {
+    let mut plain = Vec::new();
+    for _ in 0..1000 {
+        let mut to_server = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut to_server).unwrap();
+        }
+        if !to_server.is_empty() {
+            h.send(key, &to_server);
+        }
+        let Some(socket) = h.engine.socket_mut(key) else {
+            break;
+        };
+        let from_server = std::mem::take(&mut socket.sent);
+        // A writable event comes only for a socket that was full, as with edge triggering.
+        let was_full = socket.room == 0;
+        socket.room = room;
+        if was_full {
+            h.engine.writable(key);
+        }
+        h.turn();
+        if from_server.is_empty() && to_server.is_empty() {
+            break;
+        }
+        client.read_tls(&mut &from_server[..]).unwrap();
+        client.process_new_packets().unwrap();
+        let _ = std::io::Read::read_to_end(&mut client.reader(), &mut plain);
+    }
+    String::from_utf8(plain).unwrap()
+}
+
+#[test]
+fn a_tls_client_is_driven_by_readiness_alone() {
+    use std::io::{Read, Write};
+    let cert = TestCert::new("engine-tls");
+    let flags = cert.flags();
+    let mut h = Harness::new(&flags.each_ref().map(String::as_str));
+    let plain = h.open();
+    h.at(config::web::GREET);
+    h.turn();
+    assert_eq!(h.take(plain).len(), 2, "the plain client is greeted");
+
+    let key = h.open();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(cert.client.clone(), name).unwrap();
+    // The server's half of the handshake goes out with nothing owed to a chat client, 100
+    // bytes per writable event.
+    let greeting = pump(&mut h, key, &mut client, 100);
+    assert!(!client.is_handshaking(), "the handshake completed");
+    assert!(
+        greeting.starts_with(config::defaults::WELCOME),
+        "{greeting:?}"
+    );
+    assert_eq!(
+        h.take(plain),
+        ["[SERVER] Client: guest2 connected!"],
+        "a TLS client joins like any other"
+    );
+
+    client.writer().write_all(b"hola, secreto\n").unwrap();
+    pump(&mut h, key, &mut client, 100);
+    assert_eq!(h.take(plain), ["guest2: hola, secreto"]);
+
+    // Leaving: the goodbye, then close_notify, then the end of the stream.
+    client.writer().write_all(b"/quit\n").unwrap();
+    let bye = pump(&mut h, key, &mut client, 100);
+    assert_eq!(bye, "[SERVER] Bye!\n");
+    assert_eq!(
+        client.reader().read(&mut [0; 8]).unwrap(),
+        0,
+        "close_notify after the last line"
+    );
+    let peer = h.engine.peer(key).expect("draining");
+    assert!(peer.socket.fin, "the stream ended after close_notify");
+}

@@ -157,6 +157,10 @@ impl Socket for TcpStream {
         Write::write(self, bytes)
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        Write::write_vectored(self, bufs)
+    }
+
     fn shutdown_write(&mut self) {
         // Fails only if the peer is already gone, which the next read will tell.
         let _ = self.shutdown(Shutdown::Write);
