@@ -7,7 +7,7 @@ PORT ?= 1234
 FUZZ_SECS ?= 60
 FUZZ_TARGETS ?= framer command engine websocket
 
-.PHONY: build run-server run-client capture test soak bench bench-smoke fuzz fuzz-cmin lint fmt diagrams
+.PHONY: build run-server run-client cert capture test soak bench bench-smoke fuzz fuzz-cmin lint fmt diagrams
 
 build:
 	$(CARGO) build --release --bins
@@ -19,6 +19,25 @@ run-server:
 # The bundled client, to localhost:1234 unless ARGS says otherwise.
 run-client:
 	$(CARGO) run --release --quiet --bin loopchat-client -- $(ARGS)
+
+# A self-signed development certificate for localhost (127.0.0.1, ::1) in cert.pem and key.pem
+# here, for TLS on the chat port. CA:FALSE, because rustls refuses a CA certificate as the
+# server's own, and openssl's -x509 makes one unless told.
+cert:
+	@if [ -e cert.pem ] || [ -e key.pem ]; then \
+		echo "cert.pem or key.pem already exists; remove them to make new ones" >&2; exit 1; \
+	fi
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+		-subj "/CN=localhost" \
+		-addext "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" \
+		-addext "basicConstraints=critical,CA:FALSE" \
+		-addext "keyUsage=critical,digitalSignature" \
+		-addext "extendedKeyUsage=serverAuth" \
+		-keyout key.pem -out cert.pem
+	@echo
+	@echo 'Development certificate in cert.pem, its key in key.pem. Use them with:'
+	@echo '  make run-server ARGS="--tls-cert cert.pem --tls-key key.pem"'
+	@echo '  make run-client ARGS="--tls --ca cert.pem"'
 
 # Watch the server's packets on the loopback interface (needs tshark; see docs/capture.md).
 capture:

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use getopts::Options;
-use loopchat::client::{self, Config};
+use loopchat::client::{self, Config, Verify};
 
 const PROGRAM: &str = "loopchat-client";
 
@@ -19,6 +19,22 @@ fn options() -> Options {
     opts.optopt("p", "port", "server port (default 1234)", "PORT");
     opts.optopt("n", "nick", "take this name on connect (TCP only)", "NICK");
     opts.optflag("", "udp", "send each line as one UDP datagram instead");
+    opts.optflag(
+        "",
+        "tls",
+        "speak TLS, verifying the server against the system's root certificates",
+    );
+    opts.optopt(
+        "",
+        "ca",
+        "with --tls: trust the certificates in this PEM file instead",
+        "FILE",
+    );
+    opts.optflag(
+        "",
+        "insecure",
+        "with --tls: accept any certificate (encrypted, but the server is not verified)",
+    );
     opts.optflag("h", "help", "print this help and exit");
     opts.optflag("V", "version", "print the version and exit");
     opts
@@ -26,10 +42,11 @@ fn options() -> Options {
 
 fn usage(opts: &Options) -> String {
     let brief = format!(
-        "Usage: {PROGRAM} [-H HOST] [-p PORT] [-n NICK] [--udp]\n\n\
+        "Usage: {PROGRAM} [-H HOST] [-p PORT] [-n NICK] [--udp | --tls [--ca FILE | --insecure]]\n\n\
          Connects to a loopchat server, prints what it sends and sends each line of stdin.\n\
          At end of stdin it waits for the server to close. On a terminal without --nick it\n\
-         asks for a name first."
+         asks for a name first. With --tls the server's certificate must name HOST, and for\n\
+         a self-signed one (`make cert`) use --ca cert.pem."
     );
     opts.usage(&brief)
 }
@@ -69,11 +86,28 @@ fn parse(opts: &Options, args: &[String]) -> Result<Option<Config>, String> {
             );
         }
     }
+    let tls = match (
+        m.opt_present("tls"),
+        m.opt_str("ca"),
+        m.opt_present("insecure"),
+    ) {
+        (true, _, _) if m.opt_present("udp") => {
+            return Err("--tls does not apply to --udp (TLS is over TCP)".into());
+        }
+        (true, Some(_), true) => return Err("--ca and --insecure: choose one".into()),
+        (true, Some(ca), false) => Some(Verify::Ca(ca.into())),
+        (true, None, true) => Some(Verify::Insecure),
+        (true, None, false) => Some(Verify::System),
+        (false, Some(_), _) => return Err("--ca needs --tls".into()),
+        (false, None, true) => return Err("--insecure needs --tls".into()),
+        (false, None, false) => None,
+    };
     Ok(Some(Config {
         host: m.opt_str("host").unwrap_or_else(|| "localhost".into()),
         port,
         nick,
         udp: m.opt_present("udp"),
+        tls,
     }))
 }
 

@@ -742,6 +742,11 @@ impl<S: Socket> Engine<S> {
                 return false;
             }
         }
+        if self.config.tls.is_none() && line::is_tls_hello(bytes) {
+            // Told before any greeting, which a TLS client would take for a broken handshake.
+            self.reject_foreign(key, Foreign::Tls);
+            return false;
+        }
         if self.config.web.is_some() && http::starts_request(bytes) {
             self.peers[key].codec = Codec::Http(http::HeadReader::default());
             self.arm(key, Timer::Handshake, self.now + config::web::HANDSHAKE);
