@@ -4,6 +4,7 @@
 
 use crate::procfs;
 use crate::stats::Histogram;
+use crate::tls::{Session, Tls};
 use crate::wire::{Incoming, Kind, Msg, Proto, each_line};
 use crate::ws;
 use mio::net::TcpStream;
@@ -43,6 +44,31 @@ struct Conn {
     closed: bool,
     /// `Proto::WebSocket`: the handshake's progress, once established.
     ws: Option<WsState>,
+    /// Over TLS ([`Gen::with_tls`]): the session its bytes pass through; `out` holds plaintext.
+    tls: Option<Session>,
+}
+
+impl Conn {
+    /// Writes what it can of `out` (through the TLS session, if any).
+    fn write(&mut self) {
+        // Errors as the plain socket's below.
+        if let Some(tls) = &mut self.tls {
+            let _ = tls.send(&mut self.out, &mut self.stream);
+            return;
+        }
+        while !self.out.is_empty() {
+            match self.stream.write(&self.out) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                // The writable edge puts it back on the dirty list.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // Reading reports the end of this connection.
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 /// A WebSocket connection's state ([`Proto::WebSocket`]).
@@ -62,6 +88,7 @@ pub struct Gen {
     start: Instant,
     addr: SocketAddr,
     proto: Proto,
+    tls: Option<Tls>,
     connecting: usize,
     /// Connections opened so far (picks each one's source address).
     opened: usize,
@@ -82,6 +109,7 @@ impl Gen {
             start: Instant::now(),
             addr,
             proto,
+            tls: None,
             connecting: 0,
             opened: 0,
             unproven: 0,
@@ -90,11 +118,20 @@ impl Gen {
         })
     }
 
+    /// Clients speak through TLS: each one's handshake starts once it is connected, and what it
+    /// sends waits until the handshake is done.
+    pub fn with_tls(mut self, tls: Tls) -> Gen {
+        self.tls = Some(tls);
+        self
+    }
+
     pub fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
 
     pub fn connect(&mut self) -> io::Result<usize> {
+        let tls = self.tls.as_ref().map(Tls::session).transpose();
+        let tls = tls.map_err(io::Error::other)?;
         let mut stream = self.open()?;
         stream.set_nodelay(true)?;
         let entry = self.conns.vacant_entry();
@@ -112,6 +149,7 @@ impl Gen {
             heard: false,
             closed: false,
             ws: None,
+            tls,
         });
         self.connecting += 1;
         Ok(key)
@@ -177,20 +215,11 @@ impl Gen {
 
     fn flush(&mut self) {
         for key in self.dirty.drain(..) {
-            let Some(c) = self.conns.get_mut(key) else {
-                continue;
-            };
-            while !c.out.is_empty() && c.established && !c.closed {
-                match c.stream.write(&c.out) {
-                    Ok(n) => {
-                        c.out.drain(..n);
-                    }
-                    // The writable edge puts it back on the dirty list.
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    // Reading reports the end of this connection.
-                    Err(_) => break,
-                }
+            if let Some(c) = self.conns.get_mut(key)
+                && c.established
+                && !c.closed
+            {
+                c.write();
             }
         }
     }
@@ -202,15 +231,17 @@ impl Gen {
             Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
             r => r?,
         }
+        // New connections first, their first bytes written at once: with its web door open or
+        // TLS, loopchat greets a connection silent for 50 ms as a line client, which a
+        // WebSocket or TLS client then cannot stop being, and the rest of a turn can take that
+        // long on a busy core (a TLS handshake's certificate check is the generator's slowest
+        // work).
         for ev in self.events.iter() {
             let key = ev.token().0;
-            let Some(c) = self.conns.get_mut(key) else {
-                continue;
-            };
-            if c.closed {
-                continue;
-            }
-            if !c.established {
+            if let Some(c) = self.conns.get_mut(key)
+                && !c.established
+                && !c.closed
+            {
                 match (c.stream.take_error(), c.stream.peer_addr()) {
                     (Ok(None), Ok(_)) => {
                         c.established = true;
@@ -224,20 +255,28 @@ impl Gen {
                             c.ws = Some(WsState::Handshaking(key));
                         }
                         self.proto.hello(&mut c.out);
-                        self.dirty.push(key);
+                        c.write();
                         out.push((key, Ev::Connected));
                     }
                     // Spurious wake-up: the handshake is still under way.
-                    (Ok(None), Err(e)) if e.kind() == ErrorKind::NotConnected => continue,
+                    (Ok(None), Err(e)) if e.kind() == ErrorKind::NotConnected => {}
                     (Ok(Some(e)) | Err(e), _) | (_, Err(e)) => {
                         self.server_errors += 1;
                         self.first_error
                             .get_or_insert_with(|| format!("connect: {e}"));
                         c.closed = true;
                         out.push((key, Ev::Closed));
-                        continue;
                     }
                 }
+            }
+        }
+        for ev in self.events.iter() {
+            let key = ev.token().0;
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if c.closed || !c.established {
+                continue;
             }
             if ev.is_writable() {
                 self.dirty.push(key);
@@ -274,13 +313,19 @@ impl Gen {
                                 Ok(false) => {}
                                 Err(e) => failed = Some(e),
                             }
-                        } else if c.partial.is_empty() {
-                            let used = each_line(&self.scratch[..n], &mut on_line);
-                            c.partial.extend_from_slice(&self.scratch[used..n]);
+                        } else if let Some(tls) = c.tls.as_mut() {
+                            let partial = &mut c.partial;
+                            let mut on_plain = |p: &[u8]| lines(partial, p, &mut on_line);
+                            match tls.receive(&self.scratch[..n], &mut on_plain) {
+                                // The handshake's next flight, or what waited for its end.
+                                Ok(()) if tls.wants_write() || !c.out.is_empty() => {
+                                    self.dirty.push(key)
+                                }
+                                Ok(()) => {}
+                                Err(e) => failed = Some(e),
+                            }
                         } else {
-                            c.partial.extend_from_slice(&self.scratch[..n]);
-                            let used = each_line(&c.partial, &mut on_line);
-                            c.partial.drain(..used);
+                            lines(&mut c.partial, &self.scratch[..n], &mut on_line);
                         }
                         for _ in 0..pings {
                             c.out.extend_from_slice(proto.pong());
@@ -311,6 +356,18 @@ impl Gen {
             }
         }
         Ok(())
+    }
+}
+
+/// Hands `on_line` every line that `data` completes; an unfinished one waits in `partial`.
+fn lines(partial: &mut Vec<u8>, data: &[u8], on_line: &mut impl FnMut(&[u8])) {
+    if partial.is_empty() {
+        let used = each_line(data, &mut *on_line);
+        partial.extend_from_slice(&data[used..]);
+    } else {
+        partial.extend_from_slice(data);
+        let used = each_line(partial, on_line);
+        partial.drain(..used);
     }
 }
 

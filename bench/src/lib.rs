@@ -1,6 +1,7 @@
 //! Shared parts of loopchat's benchmark: the generator's connections, wire format and
 //! workloads that tests run too (the room flood), the baselines' common plumbing, statistics,
-//! /proc readings and the JSON/SVG writers used by the driver, and a small WebSocket client.
+//! /proc readings and the JSON/SVG writers used by the driver, a small WebSocket client, and the
+//! generator's TLS sessions.
 pub mod baseline;
 pub mod flood;
 pub mod generator;
@@ -8,6 +9,7 @@ pub mod json;
 pub mod procfs;
 pub mod stats;
 pub mod svg;
+pub mod tls;
 pub mod traffic;
 pub mod wire;
 pub mod ws;

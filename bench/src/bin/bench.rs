@@ -8,6 +8,10 @@
 //!
 //! The room flood (`loadgen --workload flood`) runs against loopchat only, with loopchat's own
 //! defaults: it is an attack on the server's flow control, judged by the issue's criteria.
+//!
+//! `loopchat-ws` and `loopchat-tls` are the same loopchat under other clients, WebSocket
+//! clients and line clients through TLS (with a certificate made for the run), measured where
+//! they differ from plain line clients: fan-out and idle memory.
 
 use loopchat_bench::json::Json;
 use loopchat_bench::svg::Plot;
@@ -46,6 +50,8 @@ const TARGET_N: usize = 1000;
 
 struct Cfg {
     quick: bool,
+    /// `loopchat-tls`'s certificate, while it runs.
+    cert: Option<Cert>,
     out: PathBuf,
     bin_dir: PathBuf,
     servers: Vec<Server>,
@@ -103,14 +109,56 @@ enum Flavor {
     Nats,
 }
 
+/// The clients loopchat is measured with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clients {
+    /// Its line protocol in plain text (and every other server's own protocol).
+    Plain,
+    /// WebSocket clients of its web door (`loopchat-ws`, `loadgen --ws`).
+    Ws,
+    /// Line clients through TLS (`loopchat-tls`, `loadgen --tls`).
+    Tls,
+}
+
 struct Server {
     name: String,
     flavor: Flavor,
-    /// loopchat's WebSocket clients instead of its line clients (`loopchat-ws`).
-    ws: bool,
+    clients: Clients,
     program: PathBuf,
     /// Settled on the first start: loopchat's flags minus any it rejected.
     args: Vec<String>,
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost (rcgen: ECDSA P-256), in PEM files of
+/// a directory of its own, removed when dropped.
+struct Cert {
+    dir: PathBuf,
+    cert: String,
+    key: String,
+}
+
+impl Cert {
+    fn make() -> Result<Cert, String> {
+        let names = ["127.0.0.1", "localhost"].map(String::from).to_vec();
+        let made = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
+        let dir = std::env::temp_dir().join(format!("loopchat-bench-tls-{}", std::process::id()));
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(&cert, made.cert.pem()))
+            .and_then(|_| std::fs::write(&key, made.signing_key.serialize_pem()))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(Cert {
+            dir,
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+        })
+    }
+}
+
+impl Drop for Cert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn list(v: &str) -> Result<Vec<usize>, String> {
@@ -141,7 +189,7 @@ fn parse_cfg() -> Cfg {
         "output directory (docs/bench; quick: a temporary directory)",
         "DIR",
     );
-    o.optopt("", "servers", "comma-separated subset of loopchat,loopchat-ws,min-broadcaster,threaded-server,tokio-server,nats-server", "LIST");
+    o.optopt("", "servers", "comma-separated subset of loopchat,loopchat-ws,loopchat-tls,min-broadcaster,threaded-server,tokio-server,nats-server", "LIST");
     o.optopt(
         "",
         "loopchat",
@@ -224,7 +272,7 @@ fn parse_cfg() -> Cfg {
         .or_else(|| find_in_path("nats-server"));
     let wanted: Vec<String> = match m.opt_str("servers") {
         Some(s) => s.split(',').map(str::to_string).collect(),
-        None => ["loopchat", "loopchat-ws"]
+        None => ["loopchat", "loopchat-ws", "loopchat-tls"]
             .iter()
             .chain(&BASELINES)
             .chain(&["nats-server"])
@@ -234,14 +282,20 @@ fn parse_cfg() -> Cfg {
     let mut servers = Vec::new();
     for name in wanted {
         let (flavor, program) = match name.as_str() {
-            "loopchat" | "loopchat-ws" => (Flavor::Loopchat, Some(loopchat.clone())),
+            "loopchat" | "loopchat-ws" | "loopchat-tls" => {
+                (Flavor::Loopchat, Some(loopchat.clone()))
+            }
             "nats-server" => (Flavor::Nats, nats.clone()),
             b if BASELINES.contains(&b) => (Flavor::Baseline, Some(bin_dir.join(b))),
             other => usage(&format!("unknown server {other}")),
         };
         match program.filter(|p| p.is_file()) {
             Some(program) => servers.push(Server {
-                ws: name == "loopchat-ws",
+                clients: match name.as_str() {
+                    "loopchat-ws" => Clients::Ws,
+                    "loopchat-tls" => Clients::Tls,
+                    _ => Clients::Plain,
+                },
                 name,
                 flavor,
                 program,
@@ -271,7 +325,7 @@ fn parse_cfg() -> Cfg {
             .position(|s| s.name == "loopchat")
             .map_or(0, |i| i + 1);
         let server = Server {
-            ws: false,
+            clients: Clients::Plain,
             name: "loopchat-before".into(),
             flavor: Flavor::Loopchat,
             program: before,
@@ -300,8 +354,18 @@ fn parse_cfg() -> Cfg {
     } else {
         ("10,100,1000,5000", "1000,2000,5000,10000")
     };
+    let cert = servers
+        .iter()
+        .any(|s| s.clients == Clients::Tls)
+        .then(Cert::make)
+        .transpose()
+        .unwrap_or_else(|e| {
+            eprintln!("bench: cannot make loopchat-tls's certificate: {e}");
+            exit(1)
+        });
     Cfg {
         quick,
+        cert,
         out,
         bin_dir,
         servers,
@@ -468,6 +532,11 @@ fn start_server(cfg: &Cfg, s: &mut Server) -> Result<Running, String> {
             // -1: NATS picks a free port and logs it.
             Flavor::Nats => vec![("-a", Some("127.0.0.1")), ("-p", Some("-1"))],
         };
+        if s.clients == Clients::Tls {
+            let cert = cfg.cert.as_ref().expect("made for loopchat-tls at start");
+            flags.push(("--tls-cert", Some(cert.cert.as_str())));
+            flags.push(("--tls-key", Some(cert.key.as_str())));
+        }
         let args = |flags: &[(&str, Option<&str>)]| -> Vec<String> {
             flags
                 .iter()
@@ -488,8 +557,10 @@ fn start_server(cfg: &Cfg, s: &mut Server) -> Result<Running, String> {
                         |f: &str| why.contains(&format!("'{}'", f.trim_start_matches('-')));
                     let named =
                         |f: &str| why.contains(&format!("{f} ")) || why.contains(&format!("{f}:"));
+                    // Without these it would measure something else.
+                    let kept = ["--port", "--tls-cert", "--tls-key"];
                     let find = |by: &dyn Fn(&str) -> bool| {
-                        flags.iter().position(|(f, _)| *f != "--port" && by(f))
+                        flags.iter().position(|(f, _)| !kept.contains(f) && by(f))
                     };
                     let Some(i) = find(&quoted).or_else(|| find(&named)) else {
                         return Err(format!("{} refused its flags: {why}", s.name));
@@ -658,8 +729,13 @@ fn run_one(cfg: &Cfg, s: &mut Server, w: Workload, n: usize) -> Run {
         "--duration".into(),
         duration.to_string(),
     ];
-    if s.ws {
-        args.push("--ws".into());
+    match s.clients {
+        Clients::Plain => {}
+        Clients::Ws => args.push("--ws".into()),
+        Clients::Tls => {
+            let cert = cfg.cert.as_ref().expect("made for loopchat-tls at start");
+            args.extend(["--tls".into(), "--ca".into(), cert.cert.clone()]);
+        }
     }
     match w {
         Workload::Throughput => args.extend([
@@ -994,10 +1070,102 @@ fn verdicts(runs: &[Run]) -> String {
     s
 }
 
+/// loopchat under WebSocket and TLS clients next to its plain line clients, with the ratios:
+/// fan-out at N=1000 (else the largest N measured) and idle memory at the largest idle N.
+fn clients_compared(runs: &[Run]) -> String {
+    let largest = |w: Workload| {
+        runs.iter()
+            .filter(|r| r.server == "loopchat" && r.workload == w)
+            .map(|r| r.n)
+            .max()
+    };
+    let others: Vec<(&str, &str)> = [
+        ("loopchat-ws", "WebSocket"),
+        ("loopchat-tls", "line, through TLS"),
+    ]
+    .into_iter()
+    .filter(|(name, _)| runs.iter().any(|r| r.server == *name))
+    .collect();
+    if others.is_empty() {
+        return String::new();
+    }
+    let n = runs
+        .iter()
+        .any(|r| r.server == "loopchat" && r.workload == Workload::Throughput && r.n == TARGET_N)
+        .then_some(TARGET_N)
+        .or(largest(Workload::Throughput));
+    let idle_n = largest(Workload::Idle);
+    // Disturbed runs understate a server, and not two servers alike: where a point has runs
+    // that were not disturbed, only those count.
+    let point = |r: &Run| (r.server.clone(), r.workload, r.n);
+    let calm: Vec<_> = runs
+        .iter()
+        .filter(|r| r.ok && !disturbed(r))
+        .map(point)
+        .collect();
+    let counted: Vec<&Run> = runs
+        .iter()
+        .filter(|r| !disturbed(r) || !calm.contains(&point(r)))
+        .collect();
+    let get = |server: &str, w: Workload, n: Option<usize>, key: &str| {
+        n.and_then(|n| median(counted.iter().copied(), server, w, Some(n), key, false))
+    };
+    let cells = |server: &str| {
+        [
+            get(server, Workload::Throughput, n, "deliveries_per_s"),
+            get(server, Workload::Throughput, n, "server_ns_per_op"),
+            get(server, Workload::Idle, idle_n, "rss_per_conn_b"),
+        ]
+    };
+    let plain = cells("loopchat");
+    let at = |n: Option<usize>| n.map_or("–".into(), |n| n.to_string());
+    let mut s = format!(
+        "### loopchat's clients compared\n\n\
+         The same loopchat measured with its plain line clients (`loopchat`) and with other clients; \
+         medians (of the runs not disturbed, where a point has any), and in brackets the ratio to \
+         plain line clients.\n\n\
+         | clients | deliveries/s (N={}) | server ns/delivery (N={}) | idle RSS per connection, bytes (N={}) |\n\
+         |---|--:|--:|--:|\n\
+         | line, plain (`loopchat`) | {} | {} | {} |\n",
+        at(n),
+        at(n),
+        at(idle_n),
+        fmt_num(plain[0]),
+        fmt_num(plain[1]),
+        fmt_num(plain[2]),
+    );
+    let mut bound = Vec::new();
+    for (name, what) in others {
+        let row: Vec<String> = cells(name)
+            .iter()
+            .zip(plain)
+            .map(|(&v, p)| match (v, p) {
+                (Some(v), Some(p)) => format!("{} ({:.2}×)", fmt_num(Some(v)), v / p),
+                _ => fmt_num(v),
+            })
+            .collect();
+        let _ = writeln!(s, "| {what} (`{name}`) | {} |", row.join(" | "));
+        if get(name, Workload::Throughput, n, "gen_cpu_pct").is_some_and(|g| g >= 90.0) {
+            bound.push(format!("`{name}`"));
+        }
+    }
+    if !bound.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nThe generator's CPU was at 90 % or more in the fan-out of {}: its deliveries/s may \
+             be a lower bound; server CPU per delivery still compares.",
+            bound.join(" and ")
+        );
+    }
+    // A blank line before the tables that follow.
+    s.push('\n');
+    s
+}
+
 /// Median of `key` over a server's runs of one point (only the runs that worked, unless
 /// `failed_too`).
-fn median(
-    runs: &[Run],
+fn median<'a>(
+    runs: impl IntoIterator<Item = &'a Run>,
     server: &str,
     w: Workload,
     n: Option<usize>,
@@ -1005,7 +1173,7 @@ fn median(
     failed_too: bool,
 ) -> Option<f64> {
     let mut v: Vec<f64> = runs
-        .iter()
+        .into_iter()
         .filter(|r| r.server == server && r.workload == w && n.is_none_or(|n| r.n == n))
         .filter(|r| r.ok || failed_too)
         .filter_map(|r| r.get(key))
@@ -1086,11 +1254,12 @@ fn main() {
     // Servers inner: each point compares servers measured close together in time.
     for &(w, n) in &points {
         for s in servers.iter_mut() {
-            // The flood attacks loopchat's own flow control; the baselines have none. The
-            // WebSocket clients are measured where they differ from line clients: fan-out and
-            // idle memory.
+            // The flood attacks loopchat's own flow control; the baselines have none. WebSocket
+            // and TLS clients are measured where they differ from plain line clients: fan-out
+            // and idle memory.
             if (w == Workload::Flood && s.flavor != Flavor::Loopchat)
-                || (s.ws && !matches!(w, Workload::Throughput | Workload::Idle))
+                || (s.clients != Clients::Plain
+                    && !matches!(w, Workload::Throughput | Workload::Idle))
             {
                 continue;
             }
@@ -1113,6 +1282,8 @@ fn main() {
         }
     }
     cfg.servers = servers;
+    // No server needs the certificate any more.
+    cfg.cert = None;
     let load_after = loadavg();
     let elapsed = started.elapsed().as_secs_f64();
     let machine = machine();
@@ -1192,6 +1363,7 @@ fn main() {
     ]);
     let tables = tables(&cfg, &runs);
     let mut verdicts = verdicts(&runs);
+    let compared = clients_compared(&runs);
     let measured = runs
         .iter()
         .filter(|r| r.get("gen_wait_pct").is_some())
@@ -1228,19 +1400,23 @@ fn main() {
         cfg.reps
     );
     for s in &cfg.servers {
-        let clients = if s.ws {
-            " as `loopchat-ws`: its clients are WebSocket clients (`loadgen --ws`)"
-        } else {
-            ""
+        let clients = match s.clients {
+            Clients::Plain => "",
+            Clients::Ws => " as `loopchat-ws`: its clients are WebSocket clients (`loadgen --ws`)",
+            Clients::Tls => {
+                " as `loopchat-tls`: its clients are line clients through TLS (`loadgen --tls`), \
+                 each with a full handshake, rustls with its defaults on both sides, and a \
+                 self-signed certificate (ECDSA P-256) made for the run"
+            }
         };
         let _ = writeln!(readme, "- `{}`{clients}", server_args(s));
     }
     let _ = write!(
         readme,
         "\nPlots: [throughput](throughput.svg), [p99 latency](p99.svg), [server CPU per delivery](cpu_per_delivery.svg), [idle RSS per connection](idle_rss.svg). \
-         Raw figures: [results.json](results.json).\n\n{verdicts}\n{tables}"
+         Raw figures: [results.json](results.json).\n\n{verdicts}\n{compared}{tables}"
     );
-    println!("\n{verdicts}\n{tables}");
+    println!("\n{verdicts}\n{compared}{tables}");
     let files = [
         ("results.json", format!("{json}\n")),
         (

@@ -15,11 +15,15 @@
 //!
 //! `--ws`: the throughput and idle workloads' clients are WebSocket clients of loopchat's web
 //! door (handshake, masked text frames out, text frames in) instead of line clients.
+//!
+//! `--tls --ca FILE`: the throughput and idle workloads' line clients speak through TLS, each
+//! with a full handshake of its own, verifying the server against the certificate in FILE.
 
 use loopchat_bench::flood::{self, FloodConfig};
 use loopchat_bench::generator::{Ev, Gen, Report, Window, join, put_latency};
 use loopchat_bench::procfs;
 use loopchat_bench::stats::Histogram;
+use loopchat_bench::tls::Tls;
 use loopchat_bench::traffic::Traffic;
 use loopchat_bench::wire::{Kind, Msg, Proto};
 use std::net::SocketAddr;
@@ -53,6 +57,8 @@ enum Workload {
 struct Opts {
     addr: SocketAddr,
     proto: Proto,
+    /// `--tls`: the line clients' TLS, trusting `--ca`.
+    tls: Option<Tls>,
     workload: Workload,
     clients: usize,
     senders: usize,
@@ -82,6 +88,17 @@ fn parse_opts() -> Opts {
         "",
         "ws",
         "throughput and idle: WebSocket clients of loopchat's web door",
+    );
+    o.optflag(
+        "",
+        "tls",
+        "throughput and idle: line clients through TLS (needs --ca)",
+    );
+    o.optopt(
+        "",
+        "ca",
+        "the certificate (PEM) --tls trusts, the server's own or its issuer's",
+        "FILE",
     );
     o.optopt(
         "",
@@ -202,6 +219,12 @@ fn parse_opts() -> Opts {
         seed: num(&m, "seed", d.seed).unwrap_or_else(|e| usage(&e)),
         ..d
     };
+    let tls = match (m.opt_present("tls"), m.opt_str("ca")) {
+        (true, Some(ca)) => Some(Tls::load(ca.as_ref(), ip).unwrap_or_else(|e| usage(&e))),
+        (true, None) => usage(&"--tls needs --ca"),
+        (false, Some(_)) => usage(&"--ca is for --tls"),
+        (false, None) => None,
+    };
     let opts = Opts {
         addr,
         proto: match (m.opt_str("proto").as_deref(), m.opt_present("ws")) {
@@ -211,6 +234,7 @@ fn parse_opts() -> Opts {
             (Some("nats"), true) => usage(&"--ws speaks loopchat's line protocol, not NATS"),
             (Some(p), _) => usage(&format!("unknown --proto {p}")),
         },
+        tls,
         workload: match m.opt_str("workload").as_deref() {
             None | Some("throughput") => Workload::Throughput,
             Some("idle") => Workload::Idle,
@@ -249,6 +273,14 @@ fn parse_opts() -> Opts {
         && !matches!(opts.workload, Workload::Throughput | Workload::Idle)
     {
         usage(&"--ws is for the throughput and idle workloads");
+    }
+    if opts.tls.is_some() {
+        if opts.proto != Proto::Line {
+            usage(&"--tls is for loopchat's line clients (not --ws, not NATS)");
+        }
+        if !matches!(opts.workload, Workload::Throughput | Workload::Idle) {
+            usage(&"--tls is for the throughput and idle workloads");
+        }
     }
     if opts.workload == Workload::Flood && opts.flood.senders == 0 {
         usage(&"--senders must be at least 1");
@@ -459,12 +491,15 @@ fn churn(o: &Opts, g: &mut Gen, evs: &mut Vec<(usize, Ev)>) -> Result<Report, St
 }
 
 fn main() {
-    let o = parse_opts();
+    let mut o = parse_opts();
     procfs::raise_nofile();
     let mut g = Gen::new(o.addr, o.proto).unwrap_or_else(|e| {
         eprintln!("loadgen: {e}");
         exit(1)
     });
+    if let Some(tls) = o.tls.take() {
+        g = g.with_tls(tls);
+    }
     let mut evs = Vec::new();
     let result = match o.workload {
         Workload::Throughput => throughput(&o, &mut g, &mut evs),
