@@ -5,7 +5,7 @@ CARGO ?= cargo
 ARGS ?=
 PORT ?= 1234
 FUZZ_SECS ?= 60
-FUZZ_TARGETS ?= framer command engine websocket
+FUZZ_TARGETS ?= framer command engine websocket nats
 
 .PHONY: build run-server run-client cert capture test soak bench bench-smoke fuzz fuzz-cmin lint fmt diagrams
 
@@ -73,12 +73,14 @@ fuzz:
 		cargo +nightly fuzz run -s none $$t -- -max_total_time=$(FUZZ_SECS) -timeout=5 || fail=1; \
 	done; exit $$fail
 
-# Shrinks the corpus kept in git after a long run (the engine's on edges only: fuzz/README.md).
+# Shrinks the corpus kept in git after a long run (the engine's and nats' on edges only:
+# fuzz/README.md).
 fuzz-cmin:
 	cd fuzz && cargo +nightly fuzz cmin -s none framer -- -timeout=5
 	cd fuzz && cargo +nightly fuzz cmin -s none command -- -timeout=5
 	cd fuzz && cargo +nightly fuzz cmin -s none engine -- -timeout=5 -use_counters=0
 	cd fuzz && cargo +nightly fuzz cmin -s none websocket -- -timeout=5
+	cd fuzz && cargo +nightly fuzz cmin -s none nats -- -timeout=5 -use_counters=0
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -9,6 +9,8 @@
 //! - [`codec`]: a connection's wire format, with no I/O: [`codec::line`] frames bytes into
 //!   lines (the length cap, flush-partial, recognising HTTP and TLS) and writes events as lines;
 //!   [`codec::websocket`] does the same for WebSocket frames; [`codec::http`] reads a request.
+//! - [`nats`]: the NATS client protocol, with no I/O: what nats-server sends decoded into ops,
+//!   and the client's ops (CONNECT, PUB, HPUB, SUB, ...) written for the bus connection.
 //! - [`text`]: raw line to safe text (UTF-8 repair, no terminal control characters).
 //! - [`command`]: line to [`command::Command`], for clients and for the operator console.
 //! - [`directory`]: who is called what, server-wide: guest names, `/nick`, finding a name.
@@ -43,6 +45,7 @@ pub mod notice;
 pub mod rate;
 pub mod room;
 pub mod server;
+pub mod nats;
 pub mod service;
 pub mod text;
 pub mod tls;

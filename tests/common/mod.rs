@@ -5,6 +5,7 @@
 //! every process a test starts is killed by its PID when the test ends.
 #![allow(dead_code)] // each test binary uses a different subset of these helpers
 
+pub mod nats;
 pub mod tls;
 
 use std::io::{self, BufRead, BufReader, Read, Write};

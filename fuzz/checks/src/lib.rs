@@ -9,11 +9,13 @@
 mod command;
 mod engine;
 mod framer;
+mod nats;
 mod websocket;
 
 pub use command::command;
 pub use engine::engine;
 pub use framer::framer;
+pub use nats::nats;
 pub use websocket::websocket;
 
 /// The fuzzer's bytes, read as a program: small numbers and byte strings, with zeros once they

@@ -70,3 +70,8 @@ fn engine_inputs() {
 fn websocket_inputs() {
     replay("websocket", loopchat_fuzz_checks::websocket);
 }
+
+#[test]
+fn nats_inputs() {
+    replay("nats", loopchat_fuzz_checks::nats);
+}
