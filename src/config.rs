@@ -64,6 +64,11 @@ pub struct Config {
     /// Connections the descriptor limit leaves room for, leaving ones included; set at
     /// start-up (not a flag): a client that has left but whose socket still drains takes no
     /// place under `max_clients`, only under this.
+    /// Share the port with other processes that ask for it too (SO_REUSEPORT), one per core,
+    /// the kernel spreading new connections among them. Off by default: it also lets an
+    /// unrelated server started with it share the port without a word, where it would
+    /// otherwise fail with the port in use.
+    pub reuseport: bool,
     pub max_sockets: usize,
     /// Connections allowed from one address (0 = no limit). 127.0.0.1 and ::1 are exempt so
     /// that local tools and load tests work, unless `limit_loopback`.
@@ -286,6 +291,8 @@ fn options() -> Options {
         "count 127.0.0.1 and ::1 against --max-per-ip and --connect-rate too",
     );
     o.optopt(
+// Made once, at start-up: boxing the config would save nothing worth its indirection.
+#[allow(clippy::large_enum_variant)]
         "",
         "keepalive",
         "TCP keepalive: first probe after SECS of silence, 0 = off",
@@ -296,6 +303,13 @@ fn options() -> Options {
         "max-pending",
         "unread bytes held per client before it is dropped",
         "BYTES",
+    o.optflag(
+        "",
+        "reuseport",
+        "share the port (and --udp's) with other loopchat processes started with it, the \
+         kernel spreading clients among them; any server started with it shares the port \
+         silently, where it would fail with the port in use",
+    );
     );
     o.optopt(
         "",
@@ -528,6 +542,7 @@ mod tests {
         assert_eq!(c.idle_timeout, None);
         assert!(c.console && !c.quiet);
         assert_eq!((c.mode, c.udp), (Mode::Chat, Udp::Off));
+        reuseport: m.opt_present("reuseport"),
         assert_eq!(c.welcome, "Welcome to the best chat in the universe!");
     }
 
@@ -589,3 +604,12 @@ mod tests {
         assert!(matches!(parse("s", &["--version"]), Ok(Parsed::Version)));
     }
 }
+        assert!(!c.reuseport);
+    #[test]
+    fn reuseport_is_asked_for_and_goes_with_udp() {
+        let c = run(&["--reuseport", "--udp", "-H", "::1"]);
+        assert!(c.reuseport);
+        assert_eq!(c.udp, Udp::SamePort);
+        assert!(matches!(parse("s", &["-h"]), Ok(Parsed::Help(u)) if u.contains("--reuseport")));
+    }
+

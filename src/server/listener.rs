@@ -1,5 +1,6 @@
-//! Accepting connections, and staying alive when the process runs out of file descriptors. (Who
-//! may come in, the caps in all and per address, is the engine's rule: `engine/admission.rs`.)
+//! Binding the sockets (shared with other processes under `--reuseport`), accepting
+//! connections, and staying alive when the process runs out of file descriptors. (Who may come
+//! in, the caps in all and per address, is the engine's rule: `engine/admission.rs`.)
 //!
 //! Running out of descriptors is the classic way an edge-triggered server dies: `accept` fails
 //! with EMFILE, the connection stays in the kernel's backlog, and the server either retries at
@@ -18,7 +19,8 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::notice;
 
@@ -31,6 +33,41 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
 /// At most one warning this often about running out of descriptors; the rest are counted.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The listen backlog of a `--reuseport` socket: the one mio's `TcpListener::bind` gives the
+/// others (std's, 128 on Linux), so that the flag changes nothing else.
+pub const BACKLOG: i32 = 128;
+
+/// Binds the listening socket. With `reuse_port` (`--reuseport`) every process whose socket
+/// sets it too, under the same user, may bind the same address, and the kernel spreads new
+/// connections among them by a hash of each one's addresses. mio has no setter for
+/// SO_REUSEPORT, so that socket is built with socket2 the way mio builds the others.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    if !reuse_port {
+        return TcpListener::bind(addr);
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As mio does: rebinding at once after a restart, past connections in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Binds the UDP socket; with `reuse_port` it is shared as the TCP one is, each datagram going
+/// to one process by a hash of its sender's address and port.
+pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+    if !reuse_port {
+        return UdpSocket::bind(addr);
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(UdpSocket::from_std(socket.into()))
+}
 
 /// What the listener has next.
 pub enum Next {

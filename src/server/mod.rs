@@ -21,14 +21,15 @@ use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::config::{Config, Udp};
+use crate::command::{self, ConsoleCommand};
+use crate::config::{self, Config, Udp};
 use crate::engine::{Engine, SCRATCH, Socket};
-use crate::notice;
+use crate::{notice, text};
 use console::{Console, Input};
 use listener::{Acceptor, Next};
 use transcript::Stdout;
@@ -94,14 +95,25 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         }
     }
     let poll = Poll::new()?;
-    let mut tcp = TcpListener::bind(config.listen).map_err(listen_error(config.listen))?;
+    let reuse_port = config.reuseport;
+    let mut tcp = listener::bind(config.listen, reuse_port).map_err(listen_error(config.listen))?;
     let local = tcp.local_addr()?;
     poll.registry()
         .register(&mut tcp, LISTENER, Interest::READABLE)?;
     let udp = match config.udp {
         Udp::Off => None,
-        Udp::SamePort => Some(bind_udp(&poll, local)?),
-        Udp::Port(port) => Some(bind_udp(&poll, SocketAddr::new(local.ip(), port))?),
+        Udp::SamePort => Some(bind_udp(&poll, local, reuse_port)?),
+        Udp::Port(port) => Some(bind_udp(
+            &poll,
+            SocketAddr::new(local.ip(), port),
+            reuse_port,
+        )?),
+    };
+    // How long a new connection waits for its welcome (see `config::web::GREET`).
+    let greet = if config.web.is_some() || config.tls.is_some() {
+        config::web::GREET
+    } else {
+        Duration::ZERO
     };
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     poll.registry()
@@ -137,6 +149,9 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         accept_paused_until: None,
         udp,
         udp_again: false,
+        reuse_port,
+        greet,
+        stop_at: None,
         poll,
         signals,
         console,
@@ -175,8 +190,8 @@ fn listen_error(addr: SocketAddr) -> impl FnOnce(io::Error) -> Error {
     }
 }
 
-fn bind_udp(poll: &Poll, addr: SocketAddr) -> Result<UdpSocket, Error> {
-    let mut socket = UdpSocket::bind(addr).map_err(listen_error(addr))?;
+fn bind_udp(poll: &Poll, addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, Error> {
+    let mut socket = listener::bind_udp(addr, reuse_port).map_err(listen_error(addr))?;
     poll.registry()
         .register(&mut socket, UDP, Interest::READABLE)?;
     Ok(socket)
@@ -193,6 +208,13 @@ struct Server {
     accept_paused_until: Option<Instant>,
     udp: Option<UdpSocket>,
     /// The UDP socket may still have datagrams waiting (the per-turn cap stopped us).
+    /// `--reuseport`: at shutdown the listener's queue is taken before it is closed.
+    reuse_port: bool,
+    /// How long a new connection waits for its welcome: nothing, or the web door's wait.
+    greet: Duration,
+    /// A `--reuseport` shutdown whose listener is closed: the engine is told to stop at this
+    /// time, once the connections taken from the queue have been greeted.
+    stop_at: Option<Instant>,
     udp_again: bool,
     signals: Signals,
     console: Option<Console>,
@@ -285,7 +307,10 @@ impl Server {
         let accept = self
             .accept_paused_until
             .map(|at| at.saturating_duration_since(self.now));
-        [self.engine.next_deadline(self.now), accept, stdout]
+        let stop = self
+            .stop_at
+            .map(|at| at.saturating_duration_since(self.now));
+        [self.engine.next_deadline(self.now), accept, stop, stdout]
             .into_iter()
             .flatten()
             .min()
@@ -382,8 +407,54 @@ impl Server {
 
     fn signalled(&mut self) {
         if self.signals.pending().count() > 0 {
-            // A second signal while flushing stops at once.
+            self.shut_down();
+        }
+    }
+
+    /// A signal, or `/shutdown` under `--reuseport`: everyone is told and their queues flushed
+    /// (a second one while flushing stops at once). With `--reuseport` the listener's queue is
+    /// taken and the listener closed first: the kernel resets the connections still queued to
+    /// a listener that closes (it hands them to no other process of the group), so they are
+    /// accepted and greeted, and the engine begins the shutdown only once they have been.
+    fn shut_down(&mut self) {
+        if self.reuse_port
+            && let Some(acceptor) = self.acceptor.take()
+        {
+            self.close_listener(acceptor);
+            self.stop_at = Some(self.now + self.greet);
+        } else {
+            self.stop_at = None;
             self.engine.begin_shutdown(self.now);
         }
     }
 }
+                // The engine would begin the shutdown itself, before the listener's queue is
+                // taken (see `Server::shut_down`).
+                Input::Line(line) if self.reuse_port && is_shutdown(&line) => self.shut_down(),
+
+    /// Accepts every connection queued to the listener, then closes it: from then on the
+    /// kernel sends new connections to the other processes on the port. The queue holds at
+    /// most [`listener::BACKLOG`]; as many again may arrive while it is emptied, and a flood
+    /// of connects must not hold off the shutdown.
+    fn close_listener(&mut self, mut acceptor: Acceptor) {
+        let _ = self.poll.registry().deregister(&mut acceptor.listener);
+        let mut taken = 0;
+        for _ in 0..2 * listener::BACKLOG {
+            match acceptor.next(self.now) {
+                Next::Client(stream, addr) => {
+                    self.admit(stream, addr);
+                    taken += 1;
+                }
+                Next::Drained | Next::PauseUntil(_) => break,
+            }
+        }
+        drop(acceptor);
+        self.accept_again = false;
+        self.accept_paused_until = None;
+        log::info!("listener closed after taking {taken} queued connections");
+    }
+}
+
+/// Whether a console line is `/shutdown`.
+fn is_shutdown(line: &[u8]) -> bool {
+    command::parse_console(&text::clean(line)) == ConsoleCommand::Shutdown
