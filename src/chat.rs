@@ -7,20 +7,27 @@
 //!
 //! Every client starts in `#lobby` and is always in at least one room. The room it joined (or
 //! switched to) last is its current room: where what it types goes.
+//!
+//! On a node of a cluster (`--nats`) the chat also says what its clients do in rooms as gossip
+//! for the other nodes ([`Chat::take_gossip`]), hears theirs ([`Chat::gossip`]), and counts their
+//! clients in `/who` and `/rooms` from the presence they publish ([`Remote`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use slab::Slab;
 
+use crate::claims::{Mode, Outcome};
+use crate::cluster::{Gossip, Speaker};
 use crate::command::{self, Command, ConsoleCommand};
 use crate::config::Config;
 use crate::config::rooms::{self, LOBBY, PER_CLIENT};
 pub use crate::directory::ClientId;
-use crate::directory::Directory;
+use crate::directory::{Directory, listing};
 use crate::event::{Author, Delivery, Event, Message, To, push, push_line};
 use crate::history::History;
 use crate::notice;
+use crate::remote::{self, Remote};
 use crate::room::{self as room_name, Room, RoomId};
 use crate::text;
 
@@ -52,6 +59,8 @@ pub struct Limits {
     pub history: usize,
     /// The most one replay of a history sends, in bytes.
     pub replay_bytes: usize,
+    /// This node's name, in a cluster.
+    pub node: Option<String>,
 }
 
 impl Limits {
@@ -60,6 +69,7 @@ impl Limits {
             announce: config.announce_limit,
             history: config.history,
             replay_bytes: rooms::replay_bytes(config.max_pending),
+            node: config.cluster.as_ref().map(|c| c.node.clone()),
         }
     }
 }
@@ -76,6 +86,39 @@ pub struct Chat {
     places: Vec<Places>,
     /// Quiet clients (see [`Chat::join`]): members of the lobby, not counted where people are.
     quiet: usize,
+    /// In a cluster: the gossip for the other nodes, and what they said of their clients.
+    linked: Option<Linked>,
+}
+
+/// The chat's side of a cluster.
+struct Linked {
+    /// What this node's clients did, for the bus.
+    outgoing: Vec<Gossip>,
+    remote: Remote,
+    /// This node's clients or their rooms changed since [`Chat::presence`] was last taken.
+    changed: bool,
+    /// How names are kept unique across the cluster, once the bus has said.
+    naming: Mode,
+    /// Names to claim for clients, and names to give back, for the bus.
+    claims: Vec<(ClientId, String)>,
+    releases: Vec<String>,
+    /// Claims under way: the name asked for, and the name the client had then (a claim that
+    /// comes back for a client that has since left, or been renamed, is given back).
+    claiming: HashMap<ClientId, (String, String)>,
+}
+
+impl Linked {
+    fn new() -> Linked {
+        Linked {
+            outgoing: Vec::new(),
+            remote: Remote::default(),
+            changed: false,
+            naming: Mode::Unknown,
+            claims: Vec::new(),
+            releases: Vec::new(),
+            claiming: HashMap::new(),
+        }
+    }
 }
 
 /// The lobby is the first room made and is never removed.
@@ -83,14 +126,20 @@ const LOBBY_ID: RoomId = 0;
 
 impl Chat {
     pub fn new(welcome: impl Into<String>, limits: Limits) -> Chat {
+        let directory = match &limits.node {
+            Some(node) => Directory::qualified(&format!("@{node}")),
+            None => Directory::new(),
+        };
+        let linked = limits.node.as_ref().map(|_| Linked::new());
         let mut chat = Chat {
             welcome: welcome.into(),
             limits,
-            directory: Directory::new(),
+            directory,
             rooms: Slab::new(),
             by_name: HashMap::new(),
             places: Vec::new(),
             quiet: 0,
+            linked,
         };
         let lobby = chat.create(LOBBY);
         debug_assert_eq!(lobby, LOBBY_ID);
@@ -150,6 +199,7 @@ impl Chat {
             self.notice(To::Transcript, LOBBY_ID, line, out);
         } else {
             self.announce(LOBBY_ID, id, line, out);
+            self.moved();
         }
     }
 
@@ -163,11 +213,16 @@ impl Chat {
         if quiet == Some(true) {
             self.quiet -= 1;
         }
-        if quiet == Some(true)
-            && let Some(name) = self.directory.name(id)
-            && self.rooms[LOBBY_ID].len() <= self.limits.announce
-        {
-            let line = notice::connected(name);
+        if quiet != Some(true) {
+            return;
+        }
+        self.moved();
+        let Some(name) = self.directory.name(id) else {
+            return;
+        };
+        let line = notice::connected(name);
+        self.tell_others(LOBBY_ID, &line);
+        if self.audience(LOBBY_ID) <= self.limits.announce {
             let to = To::Members {
                 room: LOBBY_ID,
                 except: Some(id),
@@ -203,7 +258,12 @@ impl Chat {
             }
             self.remove_member(room, id);
         }
-        self.directory.release(id);
+        if let Some(name) = self.directory.release(id) {
+            self.give_back(&name);
+        }
+        if !places.quiet {
+            self.moved();
+        }
     }
 
     // ----- what clients say -----
@@ -249,7 +309,10 @@ impl Chat {
                     push_line(out, To::One(target), notice::private_from(&name, text));
                     reply(out, notice::private_to(target_name, text));
                 }
-                None => reply(out, notice::no_such_user(to)),
+                None => match self.remote_private(to, &name, text) {
+                    Some(target_name) => reply(out, notice::private_to(&target_name, text)),
+                    None => reply(out, notice::no_such_user(to)),
+                },
             },
             Command::Join(room) => self.join_room(id, &name, room, out),
             Command::Part(room) => self.part(id, &name, room, out),
@@ -333,10 +396,270 @@ impl Chat {
         ConsoleAfter::Continue
     }
 
+    // ----- the cluster -----
+
+    /// What this node's clients did in rooms since the last call, for the other nodes.
+    pub fn take_gossip(&mut self) -> Vec<Gossip> {
+        self.linked
+            .as_mut()
+            .map(|l| std::mem::take(&mut l.outgoing))
+            .unwrap_or_default()
+    }
+
+    /// Names to claim for clients, and names given back, since the last call.
+    pub fn take_claims(&mut self) -> (Vec<(ClientId, String)>, Vec<String>) {
+        self.linked.as_mut().map_or_else(Default::default, |l| {
+            (
+                std::mem::take(&mut l.claims),
+                std::mem::take(&mut l.releases),
+            )
+        })
+    }
+
+    /// What the bus said of names: how they are kept, a claim granted or refused, a name
+    /// lost.
+    pub fn names(&mut self, outcome: Outcome, out: &mut Vec<Delivery>) {
+        let Some(linked) = self.linked.as_mut() else {
+            return;
+        };
+        match outcome {
+            Outcome::Mode(mode) => {
+                linked.naming = mode;
+                self.directory.qualify_names(mode == Mode::Qualified);
+                let line = match mode {
+                    Mode::Claimed => notice::NAMES_CLAIMED,
+                    _ => notice::NAMES_QUALIFIED,
+                };
+                push_line(out, To::Transcript, line);
+            }
+            Outcome::Claimed { id, name } => {
+                let asked = linked.claiming.remove(&id);
+                let current = self.directory.name(id).unwrap_or_default();
+                if asked
+                    .as_ref()
+                    .is_none_or(|(new, old)| *new != name || old != current)
+                {
+                    linked.releases.push(name);
+                    return;
+                }
+                match self.directory.rename(id, &name) {
+                    Ok(old) => self.renamed(id, old, out),
+                    Err(refusal) => {
+                        push_line(out, To::One(id), refusal);
+                        self.give_back(&name);
+                    }
+                }
+            }
+            Outcome::Refused { id, name, taken } => {
+                linked.claiming.remove(&id);
+                let line = if taken {
+                    notice::name_taken(&name)
+                } else {
+                    notice::NAMES_UNCHECKED.to_owned()
+                };
+                push_line(out, To::One(id), line);
+            }
+            Outcome::Lost { name } => {
+                let Some(id) = self.directory.find(&name) else {
+                    return;
+                };
+                push_line(out, To::One(id), notice::name_lost(&name));
+                if let Some(old) = self.directory.to_guest(id) {
+                    self.renamed(id, old, out);
+                }
+            }
+        }
+    }
+
+    /// Whether this node's clients or their rooms changed since the last call.
+    pub fn presence_changed(&mut self) -> bool {
+        self.linked
+            .as_mut()
+            .is_some_and(|l| std::mem::take(&mut l.changed))
+    }
+
+    /// This node's clients heard of (not the quiet ones) and their rooms, for the other nodes.
+    pub fn presence(&self) -> Vec<remote::Client> {
+        self.directory
+            .clients()
+            .filter(|&id| !self.is_quiet(id))
+            .filter_map(|id| {
+                let name = self.directory.name(id)?.to_owned();
+                let rooms = self.rooms_of(id).map(|r| self.rooms[r].name().to_string());
+                Some((name, rooms.collect()))
+            })
+            .collect()
+    }
+
+    /// Gossip from another node: its messages and notices reach the members here, its
+    /// presence is what `/who` and `/rooms` know of its clients.
+    pub fn gossip(&mut self, node: &str, gossip: Gossip, at: u64, out: &mut Vec<Delivery>) {
+        match gossip {
+            Gossip::Said {
+                room,
+                speaker,
+                action,
+                text,
+            } => {
+                let Some(room) = self.find_or_make(&room) else {
+                    return;
+                };
+                let author = match speaker {
+                    Speaker::Client(name) => Author::Client(name),
+                    Speaker::Operator => Author::Operator,
+                    Speaker::Datagram(addr) => match addr.parse() {
+                        Ok(addr) => Author::Datagram(addr),
+                        Err(_) => Author::Client(addr),
+                    },
+                };
+                let message = Message {
+                    author,
+                    text,
+                    action,
+                };
+                self.deliver_said(room, None, message, at, out);
+            }
+            Gossip::Notice { room, line } => match self.find(&room) {
+                Ok(room) if self.audience(room) <= self.limits.announce => {
+                    let to = To::Room { room, except: None };
+                    self.notice(to, room, line, out);
+                }
+                _ => push_line(out, To::Transcript, line),
+            },
+            Gossip::Topic { room, text } => {
+                if let Some(room) = self.find_or_make(&room) {
+                    self.rooms[room].set_topic(&text);
+                }
+            }
+            Gossip::Private { to, from, text, .. } => {
+                if let Some(target) = self.directory.find(&to) {
+                    push_line(out, To::One(target), notice::private_from(&from, &text));
+                }
+            }
+            Gossip::Presence {
+                generation,
+                part,
+                parts,
+                clients,
+            } => {
+                let Some(linked) = self.linked.as_mut() else {
+                    return;
+                };
+                if let Some(clients) = linked.remote.part(node, generation, part, parts, clients) {
+                    linked.remote.replace(node, clients);
+                    self.recount();
+                }
+            }
+            Gossip::Bye => self.forget_node(node),
+        }
+    }
+
+    /// A node that is gone (it said goodbye, or has not been heard from for too long): its
+    /// clients are no longer counted anywhere.
+    pub fn forget_node(&mut self, node: &str) {
+        if let Some(linked) = self.linked.as_mut() {
+            linked.remote.replace(node, Vec::new());
+            self.recount();
+        }
+    }
+
+    /// The nodes whose clients are known.
+    pub fn nodes(&self) -> Vec<String> {
+        self.linked
+            .iter()
+            .flat_map(|l| l.remote.nodes().map(str::to_owned))
+            .collect()
+    }
+
+    /// A private message for a client of another node, if one has this name: its name as its
+    /// node spells it.
+    fn remote_private(&mut self, to: &str, from: &str, text: &str) -> Option<String> {
+        let linked = self.linked.as_mut()?;
+        let node = linked.remote.node_of(to)?.to_owned();
+        let to = linked.remote.spelling(to)?.to_owned();
+        linked.outgoing.push(Gossip::Private {
+            node,
+            to: to.clone(),
+            from: from.to_owned(),
+            text: text.to_owned(),
+        });
+        Some(to)
+    }
+
+    /// Each room's members on other nodes counted again from their presence: rooms only they
+    /// are in are made, rooms nobody is in any more are gone.
+    fn recount(&mut self) {
+        let Some(linked) = self.linked.take() else {
+            return;
+        };
+        let mut counts: HashMap<RoomId, usize> = HashMap::new();
+        for (_, rooms) in linked
+            .remote
+            .nodes()
+            .flat_map(|n| linked.remote.clients_of(n))
+        {
+            for room in rooms {
+                if let Some(room) = self.find_or_make(room) {
+                    *counts.entry(room).or_default() += 1;
+                }
+            }
+        }
+        self.linked = Some(linked);
+        let empty: Vec<RoomId> = self
+            .rooms
+            .iter_mut()
+            .filter_map(|(id, r)| {
+                r.set_remote(counts.get(&id).copied().unwrap_or(0));
+                (r.is_empty() && id != LOBBY_ID).then_some(id)
+            })
+            .collect();
+        for room in empty {
+            let gone = self.rooms.remove(room);
+            self.by_name.remove(&gone.name().to_ascii_lowercase());
+        }
+    }
+
+    /// The room of that name, made if it is new and there is room for it: a room of another
+    /// node's that this node had not heard of.
+    fn find_or_make(&mut self, name: &str) -> Option<RoomId> {
+        match self.find(name) {
+            Ok(room) => Some(room),
+            Err(_) if room_name::is_valid_name(name) && self.rooms.len() < rooms::MAX => {
+                Some(self.create(name))
+            }
+            Err(_) => None,
+        }
+    }
+
     // ----- rooms -----
 
     /// A message for a room's members (but `except`, its sender), kept in its history.
     fn say(
+        &mut self,
+        room: RoomId,
+        except: Option<ClientId>,
+        message: Message,
+        at: u64,
+        out: &mut Vec<Delivery>,
+    ) {
+        if let Some(linked) = self.linked.as_mut() {
+            let speaker = match &message.author {
+                Author::Client(name) => Speaker::Client(name.clone()),
+                Author::Operator => Speaker::Operator,
+                Author::Datagram(addr) => Speaker::Datagram(addr.to_string()),
+            };
+            linked.outgoing.push(Gossip::Said {
+                room: self.rooms[room].name().to_string(),
+                speaker,
+                action: message.action,
+                text: message.text.clone(),
+            });
+        }
+        self.deliver_said(room, except, message, at, out);
+    }
+
+    /// A message said in a room, here or on another node: kept, and delivered.
+    fn deliver_said(
         &mut self,
         room: RoomId,
         except: Option<ClientId>,
@@ -392,6 +715,7 @@ impl Chat {
         self.notice(To::One(id), room, topic, out);
         self.replay(id, room, out);
         self.announce(room, id, notice::joined(name), out);
+        self.moved();
     }
 
     /// `/part`: out of a room (the current one if none is named), unless it is the client's
@@ -411,6 +735,7 @@ impl Chat {
         self.notice(To::One(id), room, line, out);
         self.announce(room, id, notice::parted(name), out);
         self.remove_member(room, id);
+        self.moved();
     }
 
     /// `/topic`: shows a room's topic to anyone, or sets it for a member.
@@ -441,6 +766,12 @@ impl Chat {
             return push_line(out, To::One(id), line);
         }
         self.rooms[room].set_topic(text);
+        if let Some(linked) = self.linked.as_mut() {
+            linked.outgoing.push(Gossip::Topic {
+                room: self.rooms[room].name().to_string(),
+                text: text.to_owned(),
+            });
+        }
         let line = notice::topic_set(name, text);
         self.notice(To::One(id), room, line.clone(), out);
         self.announce(room, id, line, out);
@@ -462,11 +793,14 @@ impl Chat {
         self.notice(To::One(id), room, notice::end_of_history(count), out);
     }
 
-    /// `/who`: everyone heard of.
+    /// `/who`: everyone heard of, here and on the other nodes.
     fn who(&self) -> String {
-        let (names, total) = self
-            .directory
-            .list(self.directory.clients().filter(|&id| !self.is_quiet(id)));
+        let here = self.directory.clients().filter(|&id| !self.is_quiet(id));
+        let mut names: Vec<&str> = here.filter_map(|id| self.directory.name(id)).collect();
+        if let Some(linked) = &self.linked {
+            names.extend(linked.remote.names());
+        }
+        let (names, total) = listing(names);
         notice::who(&names, total)
     }
 
@@ -475,7 +809,14 @@ impl Chat {
         match self.find(wanted) {
             Ok(room) => {
                 let r = &self.rooms[room];
-                let (names, total) = self.directory.list(r.members());
+                let mut names: Vec<&str> = r
+                    .members()
+                    .filter_map(|id| self.directory.name(id))
+                    .collect();
+                if let Some(linked) = &self.linked {
+                    names.extend(linked.remote.names_in(r.name()));
+                }
+                let (names, total) = listing(names);
                 notice::who_in(r.name(), &names, total)
             }
             Err(line) => line,
@@ -503,32 +844,76 @@ impl Chat {
         lines
     }
 
-    /// A room's members as people see them: the quiet ones (all in the lobby) are nobody yet.
+    /// A room's members as people see them: the quiet ones (all in the lobby) are nobody yet;
+    /// those on other nodes count.
     fn people(&self, room: &Room) -> usize {
-        if room.is_lobby() {
+        let here = if room.is_lobby() {
             room.len() - self.quiet
         } else {
             room.len()
+        };
+        here + room.remote()
+    }
+
+    /// Who an announcement in a room would reach, on every node: what `--announce-limit` is
+    /// held to.
+    fn audience(&self, room: RoomId) -> usize {
+        let r = &self.rooms[room];
+        r.len() + r.remote()
+    }
+
+    /// `/nick`: at once alone, or on a cluster whose names are qualified by node; once the
+    /// bus has granted the name, on a cluster that claims them.
+    fn rename(&mut self, id: ClientId, new: &str, out: &mut Vec<Delivery>) {
+        let checked = self.directory.check(id, new);
+        let naming = self.linked.as_ref().map(|l| l.naming);
+        match (checked, naming) {
+            (Err(refusal), _) => push_line(out, To::One(id), refusal),
+            (Ok(_), Some(Mode::Unknown)) => push_line(out, To::One(id), notice::NAMES_UNCHECKED),
+            (Ok(new), Some(Mode::Claimed)) => {
+                let linked = self.linked.as_mut().expect("matched");
+                if linked.remote.node_of(&new).is_some() {
+                    return push_line(out, To::One(id), notice::name_taken(&new));
+                }
+                let old = self.directory.name(id).unwrap_or_default().to_owned();
+                linked.claims.push((id, new.clone()));
+                linked.claiming.insert(id, (new, old));
+            }
+            (Ok(_), _) => {
+                let old = self.directory.rename(id, new).expect("checked");
+                self.renamed(id, old, out);
+            }
         }
     }
 
-    fn rename(&mut self, id: ClientId, new: &str, out: &mut Vec<Delivery>) {
-        match self.directory.rename(id, new) {
-            Ok(old) => {
-                push_line(out, To::One(id), notice::you_are_now(new));
-                let places = self.places.get(id).copied().unwrap_or_default();
-                for room in places.iter() {
-                    self.announce(room, id, notice::renamed(&old, new), out);
-                }
-            }
-            Err(refusal) => push_line(out, To::One(id), refusal),
+    /// A client has its new name: it is told, and so is each of its rooms.
+    fn renamed(&mut self, id: ClientId, old: String, out: &mut Vec<Delivery>) {
+        let new = self.directory.name(id).expect("renamed").to_owned();
+        push_line(out, To::One(id), notice::you_are_now(&new));
+        let places = self.places.get(id).copied().unwrap_or_default();
+        for room in places.iter() {
+            self.announce(room, id, notice::renamed(&old, &new), out);
+        }
+        self.give_back(&old);
+        self.moved();
+    }
+
+    /// A name this node no longer uses goes back to the cluster, if it was claimed there.
+    fn give_back(&mut self, name: &str) {
+        if let Some(linked) = self.linked.as_mut()
+            && linked.naming == Mode::Claimed
+            && !name.contains('@')
+        {
+            linked.releases.push(name.to_owned());
         }
     }
 
     /// Join, leave, rename and topic lines about `about`: to the room's other members while the
-    /// room is of ordinary size, to the transcript alone in a big one.
-    fn announce(&self, room: RoomId, about: ClientId, line: String, out: &mut Vec<Delivery>) {
-        let to = if self.rooms[room].len() <= self.limits.announce {
+    /// room is of ordinary size, to the transcript alone in a big one; and to the other nodes,
+    /// which apply the same rule to their members.
+    fn announce(&mut self, room: RoomId, about: ClientId, line: String, out: &mut Vec<Delivery>) {
+        self.tell_others(room, &line);
+        let to = if self.audience(room) <= self.limits.announce {
             To::Room {
                 room,
                 except: Some(about),
@@ -537,6 +922,23 @@ impl Chat {
             To::Transcript
         };
         self.notice(to, room, line, out);
+    }
+
+    /// A line about a room for the other nodes' members of it.
+    fn tell_others(&mut self, room: RoomId, line: &str) {
+        if let Some(linked) = self.linked.as_mut() {
+            linked.outgoing.push(Gossip::Notice {
+                room: self.rooms[room].name().to_string(),
+                line: line.to_owned(),
+            });
+        }
+    }
+
+    /// This node's clients or their rooms changed: the other nodes must hear of it.
+    fn moved(&mut self) {
+        if let Some(linked) = self.linked.as_mut() {
+            linked.changed = true;
+        }
     }
 
     /// A line in the server's voice about a room.

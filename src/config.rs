@@ -2,7 +2,7 @@
 //! and the reason for it.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
@@ -47,12 +47,28 @@ pub enum MetricsAccess {
     Off,
 }
 
+/// A node of a cluster: loopchat processes that share their rooms through nats-server
+/// (src/cluster.rs; docs/protocol.md, "Several servers").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// This node's name: in its clients' names (`alice@NODE`) and its subjects.
+    pub node: String,
+    /// The NATS servers, tried in turn: each URL as given, and its address, resolved once at
+    /// start-up (the loop never waits for a name server).
+    pub buses: Vec<(String, SocketAddr)>,
+}
+
 /// Everything the server needs to know before it starts.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Where to listen. Loopback by default: a course server should not face the internet
     /// unless someone asks for it.
     pub listen: SocketAddr,
+    /// Share the port with other processes that ask for it too (SO_REUSEPORT), one per core,
+    /// the kernel spreading new connections among them. Off by default: it also lets an
+    /// unrelated server started with it share the port without a word, where it would
+    /// otherwise fail with the port in use.
+    pub reuseport: bool,
     pub mode: Mode,
     pub udp: Udp,
     /// The longest line a client may send, in bytes without its LF or CRLF. 200 is the
@@ -64,11 +80,6 @@ pub struct Config {
     /// Connections the descriptor limit leaves room for, leaving ones included; set at
     /// start-up (not a flag): a client that has left but whose socket still drains takes no
     /// place under `max_clients`, only under this.
-    /// Share the port with other processes that ask for it too (SO_REUSEPORT), one per core,
-    /// the kernel spreading new connections among them. Off by default: it also lets an
-    /// unrelated server started with it share the port without a word, where it would
-    /// otherwise fail with the port in use.
-    pub reuseport: bool,
     pub max_sockets: usize,
     /// Connections allowed from one address (0 = no limit). 127.0.0.1 and ::1 are exempt so
     /// that local tools and load tests work, unless `limit_loopback`.
@@ -104,6 +115,8 @@ pub struct Config {
     /// TLS on the chat port (`--tls-cert`, `--tls-key`), chat mode only: a client that opens
     /// with a ClientHello gets a TLS session.
     pub tls: Option<Tls>,
+    /// A node of a cluster (`--nats`); `None` alone.
+    pub cluster: Option<Cluster>,
     /// The first line every client receives.
     pub welcome: String,
     /// Read operator commands from standard input.
@@ -237,6 +250,36 @@ pub mod tls {
     pub const HANDSHAKE: Duration = super::web::HANDSHAKE;
 }
 
+/// The cluster's timing (src/cluster.rs, src/engine/bus.rs; docs/protocol.md, "Several
+/// servers"). Not flags: every node of a cluster must agree on them.
+pub mod cluster {
+    use std::time::Duration;
+
+    /// NATS's own port.
+    pub const DEFAULT_PORT: u16 = 4222;
+    /// A node publishes its presence this often even when nothing changed: the other nodes'
+    /// sign that it is alive, and what repairs a dump that was lost.
+    pub const HEARTBEAT: Duration = Duration::from_secs(2);
+    /// A change of presence waits this long for more: a crowd joining at once is one dump.
+    pub const PRESENCE_DELAY: Duration = Duration::from_millis(100);
+    /// A node not heard from for this long (three heartbeats and a half) is gone: its clients
+    /// leave `/who` and `/rooms`.
+    pub const NODE_TIMEOUT: Duration = Duration::from_millis(7_000);
+    /// The first wait before connecting to the bus again, doubled after each failure up to
+    /// [`RECONNECT_MAX`], each wait with up to half of it again at random, so that the nodes
+    /// of a cluster do not all knock at once when the bus returns.
+    pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
+    pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
+    /// How long the bus has to answer a connection (INFO, then the PONG after CONNECT).
+    pub const HANDSHAKE: Duration = Duration::from_secs(5);
+    /// Bytes read from the bus per turn before clients get theirs: far more than any client's
+    /// share, since nats-server cuts a subscriber that falls behind (its slow-consumer limit).
+    pub const READ_SHARE: usize = 1 << 20;
+    /// What may wait for the bus to take it. Past this, gossip is dropped and counted: a bus
+    /// that cannot keep up must not grow the node's memory.
+    pub const MAX_OWED: usize = 8 << 20;
+}
+
 /// Why the command line could not be used, printed above the usage text.
 #[derive(Debug)]
 pub struct UsageError(pub String);
@@ -248,6 +291,8 @@ impl fmt::Display for UsageError {
 }
 
 /// What the command line asked for.
+// Made once, at start-up: boxing the config would save nothing worth its indirection.
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed {
     Run(Config),
     Help(String),
@@ -258,6 +303,13 @@ fn options() -> Options {
     let mut o = Options::new();
     o.optopt("H", "host", "address to listen on (IPv4 or IPv6)", "ADDR");
     o.optopt("p", "port", "TCP port, 0 for any free port", "PORT");
+    o.optflag(
+        "",
+        "reuseport",
+        "share the port (and --udp's) with other loopchat processes started with it, the \
+         kernel spreading clients among them; any server started with it shares the port \
+         silently, where it would fail with the port in use",
+    );
     o.optopt(
         "m",
         "mode",
@@ -291,8 +343,6 @@ fn options() -> Options {
         "count 127.0.0.1 and ::1 against --max-per-ip and --connect-rate too",
     );
     o.optopt(
-// Made once, at start-up: boxing the config would save nothing worth its indirection.
-#[allow(clippy::large_enum_variant)]
         "",
         "keepalive",
         "TCP keepalive: first probe after SECS of silence, 0 = off",
@@ -303,13 +353,6 @@ fn options() -> Options {
         "max-pending",
         "unread bytes held per client before it is dropped",
         "BYTES",
-    o.optflag(
-        "",
-        "reuseport",
-        "share the port (and --udp's) with other loopchat processes started with it, the \
-         kernel spreading clients among them; any server started with it shares the port \
-         silently, where it would fail with the port in use",
-    );
     );
     o.optopt(
         "",
@@ -369,6 +412,18 @@ fn options() -> Options {
         "",
         "tls-only",
         "refuse clients that do not start TLS (needs --tls-cert)",
+    );
+    o.optmulti(
+        "",
+        "nats",
+        "share rooms with other loopchat servers through this NATS server (repeatable)",
+        "nats://HOST:PORT",
+    );
+    o.optopt(
+        "",
+        "node",
+        "this server's name in a cluster (default: a random one)",
+        "NAME",
     );
     o.optopt("", "welcome", "the first line each client receives", "TEXT");
     o.optflag("", "no-console", "do not read operator commands from stdin");
@@ -477,6 +532,7 @@ pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Parsed, UsageEr
             return Err(UsageError("--tls-cert and --tls-key go together".into()));
         }
     };
+    let cluster = cluster(&m, mode)?;
     let history = number(&m, "history", defaults::HISTORY)?;
     if history > rooms::MAX_HISTORY {
         return Err(UsageError(format!(
@@ -486,6 +542,7 @@ pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Parsed, UsageEr
     }
     Ok(Parsed::Run(Config {
         listen: SocketAddr::new(host, number(&m, "port", defaults::PORT)?),
+        reuseport: m.opt_present("reuseport"),
         mode,
         udp,
         max_line,
@@ -503,12 +560,71 @@ pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Parsed, UsageEr
         history,
         web,
         tls,
+        cluster,
         welcome: m
             .opt_str("welcome")
             .unwrap_or_else(|| defaults::WELCOME.into()),
         console: !m.opt_present("no-console"),
         quiet: m.opt_present("q"),
     }))
+}
+
+/// `--nats` and `--node`.
+fn cluster(m: &Matches, mode: Mode) -> Result<Option<Cluster>, UsageError> {
+    let urls = m.opt_strs("nats");
+    if urls.is_empty() {
+        if m.opt_present("node") {
+            return Err(UsageError("--node needs --nats".into()));
+        }
+        return Ok(None);
+    }
+    if mode != Mode::Chat {
+        return Err(UsageError("--nats: a cluster is for chat mode".into()));
+    }
+    let node = match m.opt_str("node") {
+        Some(node) if is_valid_node(&node) => node,
+        Some(node) => {
+            return Err(UsageError(format!(
+                "--node: {node}: use 1 to 16 of a-z 0-9 _ -"
+            )));
+        }
+        None => random_node(),
+    };
+    let mut buses = Vec::new();
+    for url in urls {
+        let host_port = url.strip_prefix("nats://").unwrap_or(&url);
+        let target = if host_port
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host_port.to_owned()
+        } else {
+            format!("{host_port}:{}", cluster::DEFAULT_PORT)
+        };
+        let addr = target
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| UsageError(format!("--nats {url}: cannot find that host")))?;
+        buses.push((url, addr));
+    }
+    Ok(Some(Cluster { node, buses }))
+}
+
+/// A node name: a NATS subject token and the end of every client name, so short and plain.
+fn is_valid_node(node: &str) -> bool {
+    (1..=16).contains(&node.len())
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Six hex digits from the process's random hasher keys: enough that two nodes started without
+/// `--node` do not meet by chance (one in 16 million).
+fn random_node() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let bits = RandomState::new().hash_one(std::process::id());
+    format!("{:06x}", bits & 0xff_ffff)
 }
 
 /// Reads a numeric option, naming the flag when the value is not a number.
@@ -542,7 +658,7 @@ mod tests {
         assert_eq!(c.idle_timeout, None);
         assert!(c.console && !c.quiet);
         assert_eq!((c.mode, c.udp), (Mode::Chat, Udp::Off));
-        reuseport: m.opt_present("reuseport"),
+        assert!(!c.reuseport);
         assert_eq!(c.welcome, "Welcome to the best chat in the universe!");
     }
 
@@ -572,6 +688,14 @@ mod tests {
     }
 
     #[test]
+    fn reuseport_is_asked_for_and_goes_with_udp() {
+        let c = run(&["--reuseport", "--udp", "-H", "::1"]);
+        assert!(c.reuseport);
+        assert_eq!(c.udp, Udp::SamePort);
+        assert!(matches!(parse("s", &["-h"]), Ok(Parsed::Help(u)) if u.contains("--reuseport")));
+    }
+
+    #[test]
     fn bad_values_are_usage_errors() {
         for args in [
             &["-p", "abc"][..],
@@ -584,6 +708,9 @@ mod tests {
             &["--history", "1001"],
             &["--metrics", "everyone"],
             &["--tls-only"],
+            &["--node", "a"],
+            &["--nats", "nats://127.0.0.1:4222", "--node", "Bad.Name"],
+            &["--nats", "127.0.0.1:4222", "-m", "echo"],
             &["--tls-cert", "cert.pem"],
             &[
                 "--tls-cert",
@@ -599,17 +726,27 @@ mod tests {
     }
 
     #[test]
+    fn a_node_of_a_cluster() {
+        let c = run(&[
+            "--nats",
+            "nats://127.0.0.1:4333",
+            "--nats",
+            "127.0.0.1",
+            "--node",
+            "a-1",
+        ]);
+        let cluster = c.cluster.expect("a cluster");
+        assert_eq!(cluster.node, "a-1");
+        let addrs: Vec<String> = cluster.buses.iter().map(|(_, a)| a.to_string()).collect();
+        assert_eq!(addrs, ["127.0.0.1:4333", "127.0.0.1:4222"]);
+        let random = run(&["--nats", "127.0.0.1:4222"]).cluster.unwrap().node;
+        assert!(is_valid_node(&random), "{random}");
+        assert!(run(&[]).cluster.is_none());
+    }
+
+    #[test]
     fn help_and_version() {
         assert!(matches!(parse("s", &["-h"]), Ok(Parsed::Help(u)) if u.contains("--max-pending")));
         assert!(matches!(parse("s", &["--version"]), Ok(Parsed::Version)));
     }
 }
-        assert!(!c.reuseport);
-    #[test]
-    fn reuseport_is_asked_for_and_goes_with_udp() {
-        let c = run(&["--reuseport", "--udp", "-H", "::1"]);
-        assert!(c.reuseport);
-        assert_eq!(c.udp, Udp::SamePort);
-        assert!(matches!(parse("s", &["-h"]), Ok(Parsed::Help(u)) if u.contains("--reuseport")));
-    }
-

@@ -24,28 +24,59 @@ pub struct Directory {
     by_name: HashMap<String, ClientId>,
     /// The number in the next `guest<N>`; never goes back, so a name is never reused.
     next_guest: u64,
+    /// What guest names end with on a node of a cluster (`@node`), nothing alone; and, while
+    /// `qualify` (a cluster whose bus cannot claim names), what every name ends with
+    /// (docs/protocol.md, "Several servers").
+    suffix: String,
+    qualify: bool,
 }
 
 impl Directory {
     pub fn new() -> Directory {
+        Directory::qualified("")
+    }
+
+    /// A directory whose names all end with `suffix` (`@node`): unique across a cluster,
+    /// since each node's are unique on it.
+    pub fn qualified(suffix: &str) -> Directory {
         Directory {
             next_guest: 1,
+            suffix: suffix.to_owned(),
+            qualify: true,
             ..Directory::default()
         }
     }
 
+    /// Whether names picked with `/nick` end with the suffix too (guest names always do).
+    pub fn qualify_names(&mut self, qualify: bool) {
+        self.qualify = qualify;
+    }
+
     /// Gives a new client the next free `guest<N>` name, and returns it.
     pub fn register(&mut self, id: ClientId) -> &str {
-        let name = loop {
-            let candidate = format!("guest{}", self.next_guest);
+        let name = self.next_guest_name();
+        self.by_name.insert(name.clone(), id);
+        self.names.entry(id).or_insert(name)
+    }
+
+    /// Gives a client a new guest name (its own was lost); returns its old name.
+    pub fn to_guest(&mut self, id: ClientId) -> Option<String> {
+        let new = self.next_guest_name();
+        let old = self.names.insert(id, new.clone())?;
+        self.by_name.remove(&old.to_ascii_lowercase());
+        self.by_name.insert(new, id);
+        Some(old)
+    }
+
+    fn next_guest_name(&mut self) -> String {
+        loop {
+            let candidate = format!("guest{}{}", self.next_guest, self.suffix);
             self.next_guest += 1;
             // Someone may have picked this name with /nick; skip it rather than share it.
             if !self.by_name.contains_key(&candidate) {
                 break candidate;
             }
-        };
-        self.by_name.insert(name.clone(), id);
-        self.names.entry(id).or_insert(name)
+        }
     }
 
     /// A client is gone: its name is free again. Returns the name it had.
@@ -55,8 +86,9 @@ impl Directory {
         Some(name)
     }
 
-    /// Renames a client, or says why not (the line to send it). Returns the old name.
-    pub fn rename(&mut self, id: ClientId, new: &str) -> Result<String, String> {
+    /// The name `/nick new` would give a client, or why it may not have it (the line to
+    /// send it).
+    pub fn check(&self, id: ClientId, new: &str) -> Result<String, String> {
         let old = self.names.get(&id).ok_or(notice::NAME_INVALID.to_owned())?;
         if !is_valid_name(new) {
             return Err(notice::NAME_INVALID.to_owned());
@@ -64,12 +96,25 @@ impl Directory {
         if new.eq_ignore_ascii_case(RESERVED) {
             return Err(notice::name_reserved(new));
         }
-        if old == new {
-            return Err(notice::already_named(new));
+        let new = if self.qualify {
+            format!("{new}{}", self.suffix)
+        } else {
+            new.to_owned()
+        };
+        if *old == new {
+            return Err(notice::already_named(&new));
         }
-        if self.find(new).is_some_and(|owner| owner != id) {
-            return Err(notice::name_taken(new));
+        if self.find(&new).is_some_and(|owner| owner != id) {
+            return Err(notice::name_taken(&new));
         }
+        Ok(new)
+    }
+
+    /// Renames a client (`new`, and the suffix if names are qualified), or says why not (the
+    /// line to send it). Returns the old name.
+    pub fn rename(&mut self, id: ClientId, new: &str) -> Result<String, String> {
+        let new = &self.check(id, new)?;
+        let old = &self.names[&id];
         // The new name is reserved before anyone hears of it.
         self.by_name.remove(&old.to_ascii_lowercase());
         self.by_name.insert(new.to_ascii_lowercase(), id);
@@ -83,7 +128,7 @@ impl Directory {
 
     /// The client with this name, regardless of case.
     pub fn find(&self, name: &str) -> Option<ClientId> {
-        if name.len() > MAX_NAME {
+        if name.len() > MAX_NAME + self.suffix.len() {
             return None;
         }
         self.by_name.get(&name.to_ascii_lowercase()).copied()
@@ -109,17 +154,22 @@ impl Directory {
     /// The names of these clients: at most [`notice::WHO_MAX_NAMES`] of them, sorted regardless
     /// of case, and how many clients there are.
     pub fn list(&self, ids: impl Iterator<Item = ClientId>) -> (Vec<&str>, usize) {
-        let mut names: Vec<&str> = ids.filter_map(|id| self.name(id)).collect();
-        let total = names.len();
-        let by_name = |a: &&str, b: &&str| a.to_ascii_lowercase().cmp(&b.to_ascii_lowercase());
-        if names.len() > notice::WHO_MAX_NAMES {
-            // Sorting ten thousand names for a line that shows a hundred would be wasted work.
-            names.select_nth_unstable_by(notice::WHO_MAX_NAMES, by_name);
-            names.truncate(notice::WHO_MAX_NAMES);
-        }
-        names.sort_unstable_by(by_name);
-        (names, total)
+        listing(ids.filter_map(|id| self.name(id)).collect())
     }
+}
+
+/// At most [`notice::WHO_MAX_NAMES`] of these names, sorted regardless of case, and how many
+/// there are.
+pub fn listing(mut names: Vec<&str>) -> (Vec<&str>, usize) {
+    let total = names.len();
+    let by_name = |a: &&str, b: &&str| a.to_ascii_lowercase().cmp(&b.to_ascii_lowercase());
+    if names.len() > notice::WHO_MAX_NAMES {
+        // Sorting ten thousand names for a line that shows a hundred would be wasted work.
+        names.select_nth_unstable_by(notice::WHO_MAX_NAMES, by_name);
+        names.truncate(notice::WHO_MAX_NAMES);
+    }
+    names.sort_unstable_by(by_name);
+    (names, total)
 }
 
 /// 1 to 16 of `A-Z a-z 0-9 _ -`: safe in any terminal, easy to type, impossible to mistake
@@ -170,6 +220,18 @@ mod tests {
         d.release(1);
         assert_eq!(d.find("alice"), None, "the name is free again");
         assert_eq!(d.rename(2, "alice"), Ok("guest2".to_owned()));
+    }
+
+    #[test]
+    fn a_node_of_a_cluster_qualifies_every_name() {
+        let mut d = Directory::qualified("@a");
+        assert_eq!(d.register(1), "guest1@a");
+        assert_eq!(d.rename(1, "alice"), Ok("guest1@a".to_owned()));
+        assert_eq!(d.name(1), Some("alice@a"));
+        assert_eq!(d.find("Alice@A"), Some(1));
+        assert_eq!(d.find("alice"), None, "the name is the qualified one");
+        assert_eq!(d.rename(1, "alice@b"), Err(notice::NAME_INVALID.to_owned()));
+        assert_eq!(d.rename(1, "alice"), Err(notice::already_named("alice@a")));
     }
 
     #[test]

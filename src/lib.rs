@@ -16,6 +16,9 @@
 //! - [`directory`]: who is called what, server-wide: guest names, `/nick`, finding a name.
 //! - [`chat`]: what every chat command means: names, rooms, history, and who receives what.
 //! - [`room`]: one room: its members, topic and history.
+//! - [`cluster`]: what crosses between the nodes of a cluster on the bus (gossip, origins,
+//!   sequence numbers); [`remote`]: the other nodes' clients, as their presence says;
+//!   [`claims`]: names unique across the cluster, claimed in a JetStream bucket.
 //! - [`history`]: a room's last messages, in a ring bounded in messages and in bytes.
 //! - [`event`]: what the chat says, as typed events: who, what, which room, to whom.
 //! - [`ack`]: the `received: <message>` answers of `--mode ack` and of UDP.
@@ -23,7 +26,8 @@
 //! - [`rate`]: the token bucket behind `--rate` and `--connect-rate`.
 //! - [`notice`]: every line the server says in its own voice.
 //! - [`engine`]: the whole server without sockets or clock: buffers, limits, timers, routing
-//!   events to their recipients, and the flow control (`engine/flow.rs`).
+//!   events to their recipients, the flow control (`engine/flow.rs`), and the link to the bus
+//!   of a cluster (`engine/bus.rs`).
 //! - [`web`]: the web door on the chat port: the chat page, the WebSocket handshake,
 //!   `/metrics`.
 //! - [`tls`]: TLS on the chat port: the certificate, and the rustls session that sits between
@@ -33,7 +37,9 @@
 
 pub mod ack;
 pub mod chat;
+pub mod claims;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod command;
 pub mod config;
@@ -41,11 +47,12 @@ pub mod directory;
 pub mod engine;
 pub mod event;
 pub mod history;
+pub mod nats;
 pub mod notice;
 pub mod rate;
+pub mod remote;
 pub mod room;
 pub mod server;
-pub mod nats;
 pub mod service;
 pub mod text;
 pub mod tls;

@@ -258,6 +258,60 @@ pub fn received(text: &str) -> String {
 }
 
 /// The second line on standard output when UDP is on.
+/// The transcript's line when the bus link is up: this node's name and where its rooms go.
+pub fn bus_up(node: &str, bus: &str) -> String {
+    format!("[SERVER] Node {node}: rooms shared through {bus}; names here end with @{node}")
+}
+
+/// The transcript's line when the bus link is lost.
+pub fn bus_lost(why: &str) -> String {
+    format!("[SERVER] Lost the bus ({why}); connecting again")
+}
+
+/// To every client when the bus link is lost.
+pub const BUS_LOST: &str = "[SERVER] Lost touch with the other servers: until it is back, only people on this server hear you";
+
+/// To every client when the bus link is back.
+pub fn bus_back(secs: u64, unsent: u64) -> String {
+    format!(
+        "[SERVER] In touch with the other servers again after {secs} s: {unsent} messages said here meanwhile did not reach them, nor theirs you"
+    )
+}
+
+/// The transcript's line when another node's sequence numbers skip some.
+pub fn bus_missed(missed: u64, node: &str) -> String {
+    format!("[SERVER] {missed} messages from node {node} were lost on the bus")
+}
+
+/// The transcript's line once the bus has said that names are claimed in its bucket.
+pub const NAMES_CLAIMED: &str =
+    "[SERVER] Names are claimed across the cluster (JetStream bucket loopchat-names)";
+/// The transcript's line once the bus has said it has no JetStream.
+pub const NAMES_QUALIFIED: &str =
+    "[SERVER] The bus has no JetStream: names are qualified by their server (alice@node)";
+/// To a client whose `/nick` cannot be checked with the other servers now.
+pub const NAMES_UNCHECKED: &str =
+    "[SERVER] Error: cannot check names with the other servers now; try again in a moment";
+
+/// To a client whose name another server took while the link was down.
+pub fn name_lost(name: &str) -> String {
+    format!("[SERVER] Your name {name} was taken on another server while this one was cut off")
+}
+
+/// `/stats` on a node of a cluster: the bus link, and what crossed it.
+pub fn bus_stats(up: bool, nodes: usize, t: &crate::cluster::Tally) -> String {
+    let link = if up { "up" } else { "down" };
+    format!(
+        "[SERVER]   bus {link}, {nodes} other nodes: published {}, received {}, lost {}, duplicates {}, unsent {}",
+        t.published, t.received, t.missed, t.duplicates, t.unsent
+    )
+}
+
+/// The transcript's line when another node is no longer heard from.
+pub fn node_gone(node: &str, secs: u64) -> String {
+    format!("[SERVER] Node {node} not heard from for {secs} s: its people are gone from /who")
+}
+
 /// Said after the address when `--tls-cert` is given.
 pub fn listening_tls(only: bool) -> &'static str {
     if only {

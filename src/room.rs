@@ -20,6 +20,8 @@ pub struct Room {
     name: RoomName,
     topic: Option<String>,
     members: HashSet<ClientId>,
+    /// Members on other nodes of a cluster, as their presence says.
+    remote: usize,
     history: History,
 }
 
@@ -29,6 +31,7 @@ impl Room {
             name: name.into(),
             topic: None,
             members: HashSet::new(),
+            remote: 0,
             history,
         }
     }
@@ -62,8 +65,17 @@ impl Room {
         self.members.len()
     }
 
+    /// No member here, nor on another node: the room may go.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.members.is_empty() && self.remote == 0
+    }
+
+    pub fn remote(&self) -> usize {
+        self.remote
+    }
+
+    pub fn set_remote(&mut self, members: usize) {
+        self.remote = members;
     }
 
     pub fn add(&mut self, id: ClientId) {

@@ -107,6 +107,11 @@ impl Service {
         }
     }
 
+    /// The chat itself: on a node of a cluster, the gossip between nodes is the chat's.
+    pub fn chat(&mut self) -> &mut Chat {
+        &mut self.chat
+    }
+
     /// A line from the operator console.
     pub fn console(
         &mut self,
@@ -130,6 +135,7 @@ mod tests {
             announce: 100,
             history: 50,
             replay_bytes: 1 << 14,
+            node: None,
         };
         Service::new(mode, Chat::new("Welcome!", limits))
     }

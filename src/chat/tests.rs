@@ -2,6 +2,7 @@
 //! line codec renders them, and who gets them.
 
 use super::*;
+use crate::claims::{Mode, Outcome};
 use crate::codec::line;
 use crate::command::parse;
 
@@ -13,6 +14,7 @@ fn limits(announce: usize, history: usize) -> Limits {
         announce,
         history,
         replay_bytes: rooms::HISTORY_BYTES,
+        node: None,
     }
 }
 
@@ -670,4 +672,181 @@ fn a_quiet_client_is_nobody_until_it_speaks() {
         [out(To::Transcript, "[SERVER] Client: guest3 disconnected.")]
     );
     assert_eq!(say(&mut c, 1, "/rooms")[1].1, "[SERVER]   #lobby (2)");
+}
+
+// ----- nodes of a cluster: gossip between two chats, as the bus would carry it -----
+
+/// A node of a cluster whose bus has no JetStream: names are qualified by node.
+fn node(name: &str) -> Chat {
+    let mut c = Chat::new(
+        "Welcome!",
+        Limits {
+            node: Some(name.to_owned()),
+            ..limits(100, 50)
+        },
+    );
+    c.names(Outcome::Mode(Mode::Qualified), &mut Vec::new());
+    c
+}
+
+/// Carries what `from` (node `from_node`) has for the other nodes to `to`, its presence
+/// included if it changed: what `to` delivers to its members.
+fn carry(from: &mut Chat, from_node: &str, to: &mut Chat) -> Vec<(To, String)> {
+    let mut gossip = from.take_gossip();
+    if from.presence_changed() {
+        gossip.extend(crate::cluster::presence_parts(1, from.presence()));
+    }
+    let mut out = Vec::new();
+    for g in gossip {
+        to.gossip(from_node, g, AT, &mut out);
+    }
+    rendered(out)
+}
+
+#[test]
+fn nodes_share_rooms_names_and_private_messages() {
+    let (mut a, mut b) = (node("a"), node("b"));
+    a.join(1, false, &mut Vec::new());
+    b.join(1, false, &mut Vec::new());
+    say(&mut a, 1, "/nick alice");
+    say(&mut b, 1, "/nick bob");
+    carry(&mut a, "a", &mut b);
+    carry(&mut b, "b", &mut a);
+
+    // A line in the lobby reaches the other node's members, under a name that says its node.
+    say(&mut a, 1, "hola");
+    assert_eq!(carry(&mut a, "a", &mut b), [out(LOBBY, "alice@a: hola")]);
+    assert_eq!(
+        say(&mut b, 1, "/who"),
+        [out(To::One(1), "[SERVER] 2 online: alice@a, bob@b")]
+    );
+
+    // A room made on one node is known on the other, with its topic and history.
+    say(&mut a, 1, "/join #rust");
+    say(&mut a, 1, "/topic borrowing");
+    say(&mut a, 1, "first");
+    carry(&mut a, "a", &mut b);
+    let rooms = say(&mut b, 1, "/rooms");
+    assert!(
+        rooms.contains(&out(To::One(1), "[SERVER]   #rust (1): borrowing")),
+        "{rooms:?}"
+    );
+    let joined = say(&mut b, 1, "/join #rust");
+    assert!(
+        joined
+            .iter()
+            .any(|(_, l)| l == "[#rust] [history 20:05:09] alice@a: first"),
+        "{joined:?}"
+    );
+    assert!(joined.contains(&out(
+        To::One(1),
+        "[#rust] [SERVER] You joined #rust (2 here); what you type goes to #rust"
+    )));
+    let heard = carry(&mut b, "b", &mut a);
+    assert!(
+        heard.contains(&out(
+            To::Room {
+                room: room(&a, "#rust"),
+                except: None
+            },
+            "[#rust] [SERVER] bob@b joined"
+        )),
+        "{heard:?}"
+    );
+
+    // Private messages find their node; a name on no node is nobody.
+    assert_eq!(
+        say(&mut a, 1, "/msg BOB@b psst"),
+        [out(To::One(1), "[PM to bob@b] psst")]
+    );
+    assert_eq!(
+        carry(&mut a, "a", &mut b),
+        [out(To::One(1), "[PM from alice@a] psst")]
+    );
+    assert_eq!(
+        say(&mut a, 1, "/msg carol@c hi"),
+        [out(
+            To::One(1),
+            "[SERVER] Error: no such user: carol@c (try /who)"
+        )]
+    );
+
+    // A node that is gone takes its people with it; a room only they were in goes too.
+    say(&mut a, 1, "/join #solo");
+    carry(&mut a, "a", &mut b);
+    assert!(b.find("#solo").is_ok());
+    b.forget_node("a");
+    assert_eq!(
+        say(&mut b, 1, "/who"),
+        [out(To::One(1), "[SERVER] 1 online: bob@b")]
+    );
+    assert!(b.find("#solo").is_err(), "nobody is in #solo any more");
+    assert!(b.find("#rust").is_ok(), "bob is still in #rust");
+}
+
+#[test]
+fn a_node_alone_tells_nobody() {
+    let mut c = with_members(2);
+    say(&mut c, 1, "hi");
+    assert!(c.take_gossip().is_empty());
+    assert!(!c.presence_changed());
+}
+
+#[test]
+fn a_claimed_name_is_given_only_once_the_bus_grants_it() {
+    let mut c = Chat::new(
+        "Welcome!",
+        Limits {
+            node: Some("a".to_owned()),
+            ..limits(100, 50)
+        },
+    );
+    c.join(1, false, &mut Vec::new());
+    c.join(2, false, &mut Vec::new());
+    assert_eq!(
+        say(&mut c, 1, "/nick alice"),
+        [out(To::One(1), notice::NAMES_UNCHECKED)],
+        "not before the bus has said how names are kept"
+    );
+    c.names(Outcome::Mode(Mode::Claimed), &mut Vec::new());
+    assert!(say(&mut c, 1, "/nick alice").is_empty(), "asked of the bus");
+    assert_eq!(c.take_claims(), (vec![(1, "alice".to_owned())], vec![]));
+    let mut o = Vec::new();
+    c.names(
+        Outcome::Claimed {
+            id: 1,
+            name: "alice".into(),
+        },
+        &mut o,
+    );
+    assert_eq!(
+        rendered(o),
+        [
+            out(To::One(1), "[SERVER] You are now known as alice"),
+            out(
+                in_room(LOBBY_ID, 1),
+                "[SERVER] guest1@a is now known as alice"
+            ),
+        ]
+    );
+    // Refused: another node has it.
+    say(&mut c, 2, "/nick bob");
+    let mut o = Vec::new();
+    c.names(
+        Outcome::Refused {
+            id: 2,
+            name: "bob".into(),
+            taken: true,
+        },
+        &mut o,
+    );
+    assert_eq!(
+        rendered(o),
+        [out(To::One(2), "[SERVER] Error: name bob is taken")]
+    );
+    // Leaving gives the name back; a guest name was never claimed.
+    c.take_claims();
+    c.leave(1, None, &mut Vec::new());
+    c.leave(2, None, &mut Vec::new());
+    assert_eq!(c.take_claims(), (vec![], vec!["alice".to_owned()]));
 }

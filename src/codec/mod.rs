@@ -4,8 +4,9 @@
 //! the client speaks another protocol); it is handed events and appends their bytes to what the
 //! connection is owed. It never reads or writes a socket (h11's shape: data in, events out;
 //! events in, data out), so the engine moves bytes and the chat decides, whatever the wire
-//! format. Today's one format is lines of text ([`line`]); a WebSocket codec or a TLS layer
-//! goes beside it, and the chat does not change.
+//! format: lines of text ([`line`](mod@line)), WebSocket messages ([`websocket`]), and the
+//! HTTP request that may come first ([`http`]). TLS is not a codec but a layer below them all
+//! ([`crate::tls`]): a codec sees the same bytes whether or not they were encrypted.
 
 pub mod http;
 pub mod line;

@@ -20,6 +20,7 @@
 //! of a broadcast: a queue that overflows is noted, and dealt with after the broadcast.
 
 mod admission;
+mod bus;
 pub mod deadlines;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
@@ -48,6 +49,7 @@ use crate::service::Service;
 use crate::text;
 use crate::web::{self, Asker};
 use admission::Admission;
+use bus::{Bus, News};
 use deadlines::{Deadlines, Timer};
 pub use flow::Pace;
 use flow::{Change, Flow};
@@ -113,13 +115,21 @@ pub struct Engine<S> {
     started_unix: Duration,
     next_generation: u64,
     shutdown_at: Option<Instant>,
+    /// The link to the other nodes of a cluster (`--nats`).
+    bus: Option<Bus<S>>,
     /// The time of the event being handled, given by the caller.
     now: Instant,
 }
 
 impl<S: Socket> Engine<S> {
     pub fn new(config: Config, now: Instant) -> Engine<S> {
+        let started_unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        // What tells this run of a node from an earlier one with the same name.
+        let boot = started_unix.as_nanos() as u64 ^ u64::from(std::process::id());
         Engine {
+            bus: config.cluster.clone().map(|c| Bus::new(c, boot, now)),
             service: Service::new(
                 config.mode,
                 Chat::new(config.welcome.clone(), Limits::new(&config)),
@@ -143,9 +153,7 @@ impl<S: Socket> Engine<S> {
             counters: Counters::default(),
             rates: Rates::new(now),
             started: now,
-            started_unix: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default(),
+            started_unix,
             next_generation: 0,
             shutdown_at: None,
             now,
@@ -171,7 +179,8 @@ impl<S: Socket> Engine<S> {
     /// How long the loop may sleep: until the nearest timer, the next look for clients that
     /// hold the room back, or the end of the shutdown.
     pub fn next_deadline(&self, now: Instant) -> Option<Duration> {
-        let engine = [self.outbox.flow.sweep_at(), self.shutdown_at]
+        let bus = self.bus.as_ref().map(Bus::deadline);
+        let engine = [self.outbox.flow.sweep_at(), self.shutdown_at, bus]
             .into_iter()
             .flatten()
             .map(|at| at.saturating_duration_since(now));
@@ -180,7 +189,9 @@ impl<S: Socket> Engine<S> {
 
     /// Whether clients wait to be read without an event: the loop must not sleep.
     pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty() || self.outbox.flow.has_ready()
+        !self.ready.is_empty()
+            || self.outbox.flow.has_ready()
+            || self.bus.as_ref().is_some_and(Bus::has_again)
     }
 
     /// The end of a turn of the event loop, before it sleeps: reads the clients left with
@@ -189,6 +200,9 @@ impl<S: Socket> Engine<S> {
     /// connections that are done, for the loop to deregister and drop.
     pub fn end_turn(&mut self, now: Instant) -> Vec<Peer<S>> {
         self.now = now;
+        if self.bus.as_ref().is_some_and(Bus::has_again) {
+            self.bus_ready(now);
+        }
         for key in std::mem::take(&mut self.ready) {
             self.read(key, now);
         }
@@ -197,6 +211,7 @@ impl<S: Socket> Engine<S> {
             self.flush();
         }
         self.holding();
+        self.bus_write();
         if let Change::Ended(held) = self.outbox.flow.settle(now) {
             log::info!("flow control: input flowing again after {held:?}");
             self.print_line(&notice::flow_flowing(held));
@@ -479,6 +494,12 @@ impl<S: Socket> Engine<S> {
     /// Fires the timers that are due.
     pub fn tick(&mut self, now: Instant) {
         self.now = now;
+        if let Some(bus) = self.bus.as_mut() {
+            let mut news = News::default();
+            let chat = self.service.chat();
+            bus.tick(now, || chat.presence(), &mut news);
+            self.bus_news(news);
+        }
         if self.outbox.flow.sweep_due(now) {
             self.sweep_behind();
         }
@@ -522,6 +543,11 @@ impl<S: Socket> Engine<S> {
             ConsoleAfter::Close(key) => self.depart(key, None),
             ConsoleAfter::Stats => {
                 for line in notice::stats(&self.stats(now)) {
+                    self.print_line(&line);
+                }
+                if let Some(bus) = &self.bus {
+                    let nodes = self.service.chat().nodes().len();
+                    let line = notice::bus_stats(bus.is_up(), nodes, &bus.node().tally);
                     self.print_line(&line);
                 }
             }
@@ -639,6 +665,22 @@ impl<S: Socket> Engine<S> {
         }
         log::info!("shutting down");
         self.shutdown_at = Some(now + LINGER);
+        if let Some(bus) = self.bus.as_mut() {
+            let mut news = News::default();
+            bus.bye(now, &mut news);
+        }
+        // Connections still waiting for their greeting (the web door's wait) are greeted now,
+        // so that they too are told, rather than closed without a word.
+        let unsure: Vec<usize> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| matches!(p.codec, Codec::Unsure))
+            .map(|(key, _)| key)
+            .collect();
+        let quiet = self.config.web.is_some();
+        for key in unsure {
+            self.greet(key, quiet);
+        }
         self.deliveries.push(Delivery {
             to: To::All,
             event: Event::line(notice::SHUTTING_DOWN),
@@ -648,6 +690,83 @@ impl<S: Socket> Engine<S> {
         for key in keys {
             self.begin_close(key);
         }
+    }
+
+    // ----- the bus -----
+
+    /// The address to connect the bus to now, if the link wants a connection: the loop
+    /// connects and hands the socket to [`Engine::bus_attach`] (or the error to
+    /// [`Engine::bus_connect_failed`]).
+    pub fn bus_wants_connection(&mut self, now: Instant) -> Option<SocketAddr> {
+        self.bus.as_mut()?.wants_connection(now)
+    }
+
+    pub fn bus_attach(&mut self, socket: S, now: Instant) {
+        if let Some(bus) = self.bus.as_mut() {
+            bus.attach(socket, now);
+        }
+    }
+
+    pub fn bus_connect_failed(&mut self, error: &io::Error, now: Instant) {
+        self.now = now;
+        if let Some(bus) = self.bus.as_mut() {
+            let mut news = News::default();
+            bus.connect_failed(error, now, &mut news);
+            self.bus_news(news);
+        }
+    }
+
+    /// The bus's socket is readable or writable: what other nodes said reaches the members
+    /// here. The loop hands this event over before any client's, so that the bus is read
+    /// first: nats-server cuts a node that falls behind.
+    pub fn bus_ready(&mut self, now: Instant) {
+        self.now = now;
+        let Some(bus) = self.bus.as_mut() else {
+            return;
+        };
+        let mut news = News::default();
+        bus.ready(&mut self.scratch, now, &mut news);
+        self.bus_news(news);
+    }
+
+    fn bus_write(&mut self) {
+        if let Some(bus) = self.bus.as_mut() {
+            let mut news = News::default();
+            bus.write(self.now, &mut news);
+            self.bus_news(news);
+        }
+    }
+
+    /// What the bus link brought: gossip for the chat, its state for the clients and the
+    /// transcript.
+    fn bus_news(&mut self, news: News) {
+        for line in &news.transcript {
+            self.print_line(line);
+        }
+        if news.lost {
+            self.deliveries.push(Delivery {
+                to: To::All,
+                event: Event::line(notice::BUS_LOST),
+            });
+        }
+        if let Some((after, unsent)) = news.back_after {
+            self.deliveries.push(Delivery {
+                to: To::All,
+                event: Event::line(notice::bus_back(after.as_secs(), unsent)),
+            });
+        }
+        let at = self.unix_now();
+        let chat = self.service.chat();
+        for outcome in news.names {
+            chat.names(outcome, &mut self.deliveries);
+        }
+        for node in &news.gone {
+            chat.forget_node(node);
+        }
+        for (node, gossip) in news.gossip {
+            chat.gossip(&node, gossip, at, &mut self.deliveries);
+        }
+        self.deliver();
     }
 
     // ----- reading -----
@@ -962,6 +1081,25 @@ impl<S: Socket> Engine<S> {
     /// room's members are being walked) and its departure is routed in turn, until nothing is
     /// left.
     fn deliver(&mut self) {
+        if let Some(bus) = self.bus.as_mut() {
+            let chat = self.service.chat();
+            for gossip in chat.take_gossip() {
+                bus.publish(&gossip);
+            }
+            if chat.presence_changed() {
+                bus.presence_changed(self.now);
+            }
+            let (claims, releases) = chat.take_claims();
+            for name in releases {
+                bus.release(&name);
+            }
+            for (id, name) in claims {
+                // Refused at once (the link is down): told now.
+                if let Some(outcome) = bus.claim(id, &name, self.now) {
+                    chat.names(outcome, &mut self.deliveries);
+                }
+            }
+        }
         let (mut bytes, mut frame) = (Vec::new(), Vec::new());
         while !self.deliveries.is_empty() {
             let mut batch = std::mem::take(&mut self.deliveries);

@@ -759,3 +759,19 @@ fn a_tls_client_is_driven_by_readiness_alone() {
     let peer = h.engine.peer(key).expect("draining");
     assert!(peer.socket.fin, "the stream ended after close_notify");
 }
+
+#[test]
+fn a_connection_not_yet_greeted_is_told_of_a_shutdown() {
+    let mut h = Harness::new(&["--web"]);
+    let early = h.open();
+    assert!(h.take(early).is_empty(), "the web door's wait");
+    h.engine.begin_shutdown(h.now);
+    h.turn();
+    let lines = h.take(early);
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some(notice::SHUTTING_DOWN),
+        "{lines:?}"
+    );
+    assert_eq!(lines[0], config::defaults::WELCOME);
+}

@@ -39,6 +39,8 @@ const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const UDP: Token = Token(usize::MAX - 3);
+/// The bus of a cluster (`--nats`).
+const BUS: Token = Token(usize::MAX - 4);
 
 /// New connections accepted per turn, so that a flood of connects cannot starve the room.
 const ACCEPTS_PER_TURN: usize = 256;
@@ -147,11 +149,11 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         acceptor: Some(Acceptor::new(tcp)),
         accept_again: false,
         accept_paused_until: None,
-        udp,
-        udp_again: false,
         reuse_port,
         greet,
         stop_at: None,
+        udp,
+        udp_again: false,
         poll,
         signals,
         console,
@@ -206,8 +208,6 @@ struct Server {
     accept_again: bool,
     /// Out of descriptors and unable to shed: accept again at this time.
     accept_paused_until: Option<Instant>,
-    udp: Option<UdpSocket>,
-    /// The UDP socket may still have datagrams waiting (the per-turn cap stopped us).
     /// `--reuseport`: at shutdown the listener's queue is taken before it is closed.
     reuse_port: bool,
     /// How long a new connection waits for its welcome: nothing, or the web door's wait.
@@ -215,6 +215,8 @@ struct Server {
     /// A `--reuseport` shutdown whose listener is closed: the engine is told to stop at this
     /// time, once the connections taken from the queue have been greeted.
     stop_at: Option<Instant>,
+    udp: Option<UdpSocket>,
+    /// The UDP socket may still have datagrams waiting (the per-turn cap stopped us).
     udp_again: bool,
     signals: Signals,
     console: Option<Console>,
@@ -244,6 +246,13 @@ impl Server {
                 self.dispatch(&events);
             }
             self.engine.tick(self.now);
+            self.connect_bus();
+            // After the timers: the connections taken at a `--reuseport` shutdown are greeted
+            // by now, so they are told along with everyone else.
+            if self.stop_at.is_some_and(|at| at <= self.now) {
+                self.stop_at = None;
+                self.engine.begin_shutdown(self.now);
+            }
             if std::mem::take(&mut self.accept_again)
                 || self.accept_paused_until.is_some_and(|at| at <= self.now)
             {
@@ -280,8 +289,13 @@ impl Server {
 
     /// Hands each event to the engine (or the listener, console, signals, UDP).
     fn dispatch(&mut self, events: &Events) {
+        // The bus before any client: nats-server cuts a node that falls behind.
+        if events.iter().any(|e| e.token() == BUS) {
+            self.engine.bus_ready(self.now);
+        }
         for event in events.iter() {
             match event.token() {
+                BUS => {}
                 LISTENER => self.accept(),
                 WAKER => self.console_input(),
                 SIGNALS => self.signalled(),
@@ -296,6 +310,30 @@ impl Server {
                     }
                 }
             }
+        }
+    }
+
+    /// Connects to the bus when the engine's link wants a connection (at start, and after a
+    /// failure once its backoff is over). The connect does not wait: the socket says when it
+    /// is connected, or why not, through the loop like any other.
+    fn connect_bus(&mut self) {
+        let Some(addr) = self.engine.bus_wants_connection(self.now) else {
+            return;
+        };
+        let registered = TcpStream::connect(addr).and_then(|mut stream| {
+            self.poll.registry().register(
+                &mut stream,
+                BUS,
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(stream)
+        });
+        match registered {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                self.engine.bus_attach(stream, self.now);
+            }
+            Err(e) => self.engine.bus_connect_failed(&e, self.now),
         }
     }
 
@@ -396,6 +434,9 @@ impl Server {
     fn console_input(&mut self) {
         while let Some(input) = self.console.as_ref().and_then(Console::try_next) {
             match input {
+                // The engine would begin the shutdown itself, before the listener's queue is
+                // taken (see `Server::shut_down`).
+                Input::Line(line) if self.reuse_port && is_shutdown(&line) => self.shut_down(),
                 Input::Line(line) => self.engine.console(&line, self.now),
                 Input::Closed => {
                     log::debug!("console closed: standard input ended");
@@ -427,10 +468,6 @@ impl Server {
             self.engine.begin_shutdown(self.now);
         }
     }
-}
-                // The engine would begin the shutdown itself, before the listener's queue is
-                // taken (see `Server::shut_down`).
-                Input::Line(line) if self.reuse_port && is_shutdown(&line) => self.shut_down(),
 
     /// Accepts every connection queued to the listener, then closes it: from then on the
     /// kernel sends new connections to the other processes on the port. The queue holds at
@@ -458,3 +495,4 @@ impl Server {
 /// Whether a console line is `/shutdown`.
 fn is_shutdown(line: &[u8]) -> bool {
     command::parse_console(&text::clean(line)) == ConsoleCommand::Shutdown
+}

@@ -1,0 +1,469 @@
+//! Names unique across a cluster: each claimed in a JetStream key-value bucket, with no I/O.
+//!
+//! A node claims a name by publishing to the bucket's key for it with the header
+//! `Nats-Expected-Last-Subject-Sequence: 0`: JetStream stores it only if nothing is stored under
+//! that key, and answers with the sequence it stored it at, or with "wrong last sequence". Of
+//! two nodes that race for a name, exactly one is stored first; the other is refused. A node
+//! keeps its names by writing them again every [`REFRESH`] (expecting its own last sequence),
+//! and releases one by purging its key. The bucket forgets anything older than [`MAX_AGE`], so
+//! the names of a node that died (SIGKILL, a lost machine) are free after at most that long.
+//!
+//! Without JetStream on the bus (the request to make the bucket finds nobody to answer it),
+//! names fall back to being qualified by their node, and the node says so at start.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::nats::{self, Headers, Msg};
+
+/// The bucket, and the JetStream stream behind it (`KV_` and its name, as every NATS client
+/// names a bucket's stream).
+pub const BUCKET: &str = "loopchat-names";
+const STREAM: &str = "KV_loopchat-names";
+/// How long the bucket keeps a name that is not written again: a dead node's names are free
+/// after this.
+pub const MAX_AGE: Duration = Duration::from_secs(15);
+/// How often a node writes its names again: three times within [`MAX_AGE`], so that one lost
+/// refresh costs nothing.
+pub const REFRESH: Duration = Duration::from_secs(5);
+/// How long an answer from JetStream may take before the request counts as failed.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+/// JetStream's error code for a write whose expected last sequence was not the key's.
+const WRONG_LAST_SEQUENCE: u64 = 10071;
+/// JetStream's error code for a stream that exists with another configuration: the bucket is
+/// there, made by a node of another version; it is used as it is.
+const STREAM_NAME_IN_USE: u64 = 10058;
+
+/// How names are kept unique across the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Not known yet: the bus has not answered.
+    Unknown,
+    /// Claimed in the bucket: `alice` is the one alice of the cluster.
+    Claimed,
+    /// No JetStream: every name ends with its node (`alice@a`).
+    Qualified,
+}
+
+/// What came of the node's requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The bus said how names are kept.
+    Mode(Mode),
+    /// The name is this node's, for client `id`.
+    Claimed { id: usize, name: String },
+    /// The name is not: another node has it (`taken`), or the bucket did not answer.
+    Refused {
+        id: usize,
+        name: String,
+        taken: bool,
+    },
+    /// A name this node held is another node's now (it could not refresh it in time, during
+    /// an outage, and someone claimed it meanwhile).
+    Lost { name: String },
+}
+
+enum Request {
+    Setup,
+    Claim {
+        id: usize,
+        key: String,
+        name: String,
+    },
+    Refresh {
+        key: String,
+    },
+    /// A refresh was refused: the key may be empty (the bus restarted without its store, or
+    /// the name expired during an outage), and is asked for afresh.
+    Reclaim {
+        key: String,
+    },
+}
+
+struct Held {
+    /// Its sequence in the stream: what the next refresh expects.
+    seq: u64,
+    refresh_at: Instant,
+}
+
+pub struct Claims {
+    /// The node's own inbox prefix: every answer comes to a subject under it.
+    inbox: String,
+    next: u64,
+    mode: Mode,
+    /// Requests waiting for an answer, by the last token of their reply subject; and when
+    /// they give up.
+    pending: HashMap<String, (Request, Instant)>,
+    held: HashMap<String, Held>,
+}
+
+impl Claims {
+    pub fn new(node: &str, boot: u64) -> Claims {
+        Claims {
+            inbox: format!("_INBOX.{node}.{boot:x}"),
+            next: 0,
+            mode: Mode::Unknown,
+            pending: HashMap::new(),
+            held: HashMap::new(),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The subject to subscribe to for the answers.
+    pub fn inbox_subject(&self) -> String {
+        format!("{}.>", self.inbox)
+    }
+
+    /// The link is up: make the bucket (or find it), which also tells whether there is
+    /// JetStream at all; and, after an outage, write every name held again.
+    pub fn link_up(&mut self, now: Instant, out: &mut Vec<u8>) {
+        let config = serde_json::json!({
+            "name": STREAM,
+            "subjects": [format!("$KV.{BUCKET}.>")],
+            "max_msgs_per_subject": 1,
+            "max_age": MAX_AGE.as_nanos() as u64,
+            "storage": "memory",
+            "num_replicas": 1,
+            "allow_rollup_hdrs": true,
+            "deny_delete": true,
+            "allow_direct": true,
+        });
+        let subject = format!("$JS.API.STREAM.CREATE.{STREAM}");
+        let reply = self.request(Request::Setup, now);
+        nats::publish(
+            out,
+            &subject,
+            Some(&reply),
+            None,
+            config.to_string().as_bytes(),
+        );
+        let keys: Vec<String> = self.held.keys().cloned().collect();
+        for key in keys {
+            self.refresh(key, now, out);
+        }
+    }
+
+    /// Asks for `name` for client `id`.
+    pub fn claim(&mut self, id: usize, name: &str, now: Instant, out: &mut Vec<u8>) {
+        let key = name.to_ascii_lowercase();
+        let reply = self.request(
+            Request::Claim {
+                id,
+                key: key.clone(),
+                name: name.to_owned(),
+            },
+            now,
+        );
+        put(out, &key, 0, &reply);
+    }
+
+    /// Gives a name back: its key is purged, and anyone may claim it.
+    pub fn release(&mut self, name: &str, out: &mut Vec<u8>) {
+        let key = name.to_ascii_lowercase();
+        if self.held.remove(&key).is_none() {
+            return;
+        }
+        let subject = format!("$JS.API.STREAM.PURGE.{STREAM}");
+        let filter = serde_json::json!({ "filter": format!("$KV.{BUCKET}.{key}") });
+        nats::publish(out, &subject, None, None, filter.to_string().as_bytes());
+    }
+
+    /// An answer on the inbox.
+    pub fn answer(&mut self, msg: &Msg, now: Instant, out: &mut Vec<u8>) -> Option<Outcome> {
+        let token = msg.subject.rsplit('.').next()?;
+        let (request, _) = self.pending.remove(token)?;
+        // 503: nobody answers `$JS.API` requests, so there is no JetStream.
+        let no_responders = msg.headers.as_ref().and_then(|h| h.status) == Some(503);
+        let reply: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
+        let error = reply
+            .get("error")
+            .map(|e| e.get("err_code").and_then(serde_json::Value::as_u64));
+        let seq = reply.get("seq").and_then(serde_json::Value::as_u64);
+        match request {
+            Request::Setup => {
+                let claimed =
+                    !no_responders && matches!(error, None | Some(Some(STREAM_NAME_IN_USE)));
+                self.mode = if claimed {
+                    Mode::Claimed
+                } else {
+                    log::warn!("no JetStream on the bus ({reply}): names qualified by node");
+                    Mode::Qualified
+                };
+                Some(Outcome::Mode(self.mode))
+            }
+            Request::Claim { id, key, name } => match seq {
+                Some(seq) if error.is_none() => {
+                    self.held.insert(
+                        key,
+                        Held {
+                            seq,
+                            refresh_at: now + REFRESH,
+                        },
+                    );
+                    Some(Outcome::Claimed { id, name })
+                }
+                _ => Some(Outcome::Refused {
+                    id,
+                    name,
+                    taken: error == Some(Some(WRONG_LAST_SEQUENCE)),
+                }),
+            },
+            Request::Refresh { key } => match (seq, error) {
+                (Some(seq), None) => {
+                    if let Some(held) = self.held.get_mut(&key) {
+                        held.seq = seq;
+                    }
+                    None
+                }
+                (_, Some(Some(WRONG_LAST_SEQUENCE))) if self.held.contains_key(&key) => {
+                    let reply = self.request(Request::Reclaim { key: key.clone() }, now);
+                    put(out, &key, 0, &reply);
+                    None
+                }
+                // Anything else (JetStream busy, say): the next refresh tries again.
+                _ => None,
+            },
+            Request::Reclaim { key } => match (seq, error) {
+                (Some(seq), None) => {
+                    if let Some(held) = self.held.get_mut(&key) {
+                        held.seq = seq;
+                    }
+                    None
+                }
+                (_, Some(Some(WRONG_LAST_SEQUENCE))) => {
+                    self.held.remove(&key)?;
+                    Some(Outcome::Lost { name: key })
+                }
+                _ => None,
+            },
+        }
+    }
+
+    /// Time passes: requests not answered in time fail, names due are written again.
+    pub fn tick(&mut self, now: Instant, out: &mut Vec<u8>) -> Vec<Outcome> {
+        let late: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, by))| now >= *by)
+            .map(|(token, _)| token.clone())
+            .collect();
+        let mut outcomes = Vec::new();
+        for token in late {
+            match self.pending.remove(&token) {
+                Some((Request::Claim { id, name, .. }, _)) => outcomes.push(Outcome::Refused {
+                    id,
+                    name,
+                    taken: false,
+                }),
+                Some((Request::Setup, _)) => {
+                    self.mode = Mode::Qualified;
+                    outcomes.push(Outcome::Mode(self.mode));
+                }
+                _ => {}
+            }
+        }
+        let due: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| now >= h.refresh_at)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            self.refresh(key, now, out);
+        }
+        outcomes
+    }
+
+    /// When [`Claims::tick`] has work next.
+    pub fn deadline(&self) -> Option<Instant> {
+        let answers = self.pending.values().map(|(_, by)| *by);
+        let refreshes = self.held.values().map(|h| h.refresh_at);
+        answers.chain(refreshes).min()
+    }
+
+    /// The link went down: answers will not come, and the requests are given up now.
+    pub fn link_down(&mut self) -> Vec<Outcome> {
+        self.pending
+            .drain()
+            .filter_map(|(_, (request, _))| match request {
+                Request::Claim { id, name, .. } => Some(Outcome::Refused {
+                    id,
+                    name,
+                    taken: false,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn refresh(&mut self, key: String, now: Instant, out: &mut Vec<u8>) {
+        let Some(held) = self.held.get_mut(&key) else {
+            return;
+        };
+        held.refresh_at = now + REFRESH;
+        let seq = held.seq;
+        let reply = self.request(Request::Refresh { key: key.clone() }, now);
+        put(out, &key, seq, &reply);
+    }
+
+    /// A reply subject for a new request.
+    fn request(&mut self, request: Request, now: Instant) -> String {
+        self.next += 1;
+        let token = self.next.to_string();
+        let reply = format!("{}.{token}", self.inbox);
+        self.pending.insert(token, (request, now + ANSWER_WITHIN));
+        reply
+    }
+}
+
+/// Writes `key` to the bucket if its last sequence is `expected` (0: if it holds nothing).
+fn put(out: &mut Vec<u8>, key: &str, expected: u64, reply: &str) {
+    let headers = Headers::new().with("Nats-Expected-Last-Subject-Sequence", &expected.to_string());
+    let subject = format!("$KV.{BUCKET}.{key}");
+    nats::publish(out, &subject, Some(reply), Some(&headers), b"held");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// JetStream's answer to the request last written to `out`, as the bus delivers it.
+    fn answer_to(out: &[u8], payload: &str, status: Option<u16>) -> Msg {
+        let text = String::from_utf8_lossy(out);
+        let line = text
+            .lines()
+            .rfind(|l| l.starts_with("PUB ") || l.starts_with("HPUB "))
+            .unwrap();
+        let reply = line.split(' ').nth(2).unwrap().to_owned();
+        Msg {
+            subject: reply,
+            sid: 9,
+            reply: None,
+            headers: status.map(|s| Headers {
+                status: Some(s),
+                ..Headers::default()
+            }),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_bucket_says_whether_names_are_claimed_or_qualified() {
+        let now = Instant::now();
+        let mut c = Claims::new("a", 1);
+        let mut out = Vec::new();
+        c.link_up(now, &mut out);
+        assert!(String::from_utf8_lossy(&out).contains("$JS.API.STREAM.CREATE.KV_loopchat-names"));
+        let created = answer_to(
+            &out,
+            r#"{"type":"io.nats.jetstream.api.v1.stream_create_response","config":{}}"#,
+            None,
+        );
+        assert_eq!(
+            c.answer(&created, now, &mut out),
+            Some(Outcome::Mode(Mode::Claimed))
+        );
+
+        let mut c = Claims::new("a", 1);
+        let mut out = Vec::new();
+        c.link_up(now, &mut out);
+        let nobody = answer_to(&out, "", Some(503));
+        assert_eq!(
+            c.answer(&nobody, now, &mut out),
+            Some(Outcome::Mode(Mode::Qualified))
+        );
+
+        let mut c = Claims::new("a", 1);
+        c.link_up(now, &mut Vec::new());
+        let outcomes = c.tick(now + ANSWER_WITHIN, &mut Vec::new());
+        assert_eq!(
+            outcomes,
+            [Outcome::Mode(Mode::Qualified)],
+            "no answer at all"
+        );
+    }
+
+    #[test]
+    fn a_claim_is_won_kept_and_released() {
+        let now = Instant::now();
+        let mut c = Claims::new("a", 1);
+        let mut out = Vec::new();
+        c.claim(7, "Alice", now, &mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            text.starts_with("HPUB $KV.loopchat-names.alice _INBOX.a.1.1 "),
+            "{text}"
+        );
+        assert!(
+            text.contains("Nats-Expected-Last-Subject-Sequence: 0\r\n"),
+            "{text}"
+        );
+        let ack = answer_to(&out, r#"{"stream":"KV_loopchat-names","seq":4}"#, None);
+        assert_eq!(
+            c.answer(&ack, now, &mut out),
+            Some(Outcome::Claimed {
+                id: 7,
+                name: "Alice".into()
+            })
+        );
+        // Written again before the bucket forgets it, expecting its own last sequence.
+        let mut out = Vec::new();
+        assert!(c.tick(now + REFRESH, &mut out).is_empty());
+        assert!(
+            String::from_utf8_lossy(&out).contains("Nats-Expected-Last-Subject-Sequence: 4\r\n")
+        );
+        // Refused: asked for afresh (the key may be empty after a restart of the bus)...
+        let wrong =
+            r#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 9"}}"#;
+        let refused = answer_to(&out, wrong, None);
+        let mut out = Vec::new();
+        assert_eq!(c.answer(&refused, now, &mut out), None);
+        assert!(
+            String::from_utf8_lossy(&out).contains("Nats-Expected-Last-Subject-Sequence: 0\r\n")
+        );
+        // ...and refused again: someone else's now, lost.
+        let refused = answer_to(&out, wrong, None);
+        assert_eq!(
+            c.answer(&refused, now, &mut out),
+            Some(Outcome::Lost {
+                name: "alice".into()
+            })
+        );
+        // Releasing a name not held sends nothing.
+        let mut out = Vec::new();
+        c.release("alice", &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_claim_another_node_holds_is_refused_as_taken() {
+        let now = Instant::now();
+        let mut c = Claims::new("b", 2);
+        let mut out = Vec::new();
+        c.claim(1, "alice", now, &mut out);
+        let wrong =
+            r#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 4"}}"#;
+        let refused = answer_to(&out, wrong, None);
+        assert_eq!(
+            c.answer(&refused, now, &mut out),
+            Some(Outcome::Refused {
+                id: 1,
+                name: "alice".into(),
+                taken: true
+            })
+        );
+        c.claim(2, "bob", now, &mut out);
+        assert_eq!(
+            c.link_down(),
+            [Outcome::Refused {
+                id: 2,
+                name: "bob".into(),
+                taken: false
+            }]
+        );
+        assert_eq!(c.deadline(), None);
+    }
+}
