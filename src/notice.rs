@@ -350,8 +350,8 @@ pub fn stats(s: &Stats) -> [String; 4] {
     let c = &s.counters;
     [
         format!(
-            "[SERVER] Stats: {} clients, {} sockets ({} TLS), up {} s",
-            s.clients, s.sockets, s.tls, s.uptime_secs
+            "[SERVER] Stats: {} clients, {} sockets, up {} s",
+            s.clients, s.sockets, s.uptime_secs
         ),
         format!(
             "[SERVER]   in {} lines ({:.0}/s), out {} lines ({:.0}/s), {} bytes written",
@@ -372,8 +372,6 @@ pub fn stats(s: &Stats) -> [String; 4] {
 pub struct Stats {
     pub clients: usize,
     pub sockets: usize,
-    /// Sockets with a TLS session.
-    pub tls: usize,
     pub uptime_secs: u64,
     pub counters: Counters,
     pub lines_in_per_sec: f64,

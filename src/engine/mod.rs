@@ -574,7 +574,6 @@ impl<S: Socket> Engine<S> {
         notice::Stats {
             clients: self.open,
             sockets: self.peers.len(),
-            tls: self.tls_sockets(),
             uptime_secs: now.saturating_duration_since(self.started).as_secs(),
             counters: c,
             lines_in_per_sec,
