@@ -7,126 +7,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, WAIT, eventually};
-
-const CLIENT: &str = env!("CARGO_BIN_EXE_loopchat-client");
-const WELCOME: &str = "Welcome to the best chat in the universe!";
-
-/// A running `loopchat-client`, killed when dropped.
-struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Receiver<String>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], stdin: Stdio) -> Proc {
-        let mut child = Command::new(CLIENT)
-            .args(args)
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn loopchat-client");
-        let (tx, stdout) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Proc {
-            stdin: child.stdin.take(),
-            child,
-            stdout,
-            stderr: Some(stderr),
-        }
-    }
-
-    /// Starts the client talking to `server`, with `localhost` as the host: the server
-    /// listens on 127.0.0.1 only, so this also checks that each resolved address is tried.
-    fn to(server: &Server, extra: &[&str], stdin: Stdio) -> Proc {
-        let port = server.addr.port().to_string();
-        let mut args = vec!["-p", &port];
-        args.extend_from_slice(extra);
-        Proc::spawn(&args, stdin)
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin not piped or closed");
-        writeln!(stdin, "{line}").expect("write to client stdin");
-        stdin.flush().unwrap();
-    }
-
-    fn close_stdin(&mut self) {
-        self.stdin = None;
-    }
-
-    /// Skips printed lines until one equals `want`.
-    fn expect_line(&self, want: &str) {
-        let deadline = Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        loop {
-            match self
-                .stdout
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) if line == want => return,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("client never printed {want:?}; printed {seen:?}"),
-            }
-        }
-    }
-
-    /// Waits (bounded) for the client to exit; returns its status, the lines it printed that
-    /// were not consumed yet, and its stderr.
-    fn finish(mut self, within: Duration) -> (ExitStatus, Vec<String>, String) {
-        let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "client did not exit in {within:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        };
-        // The process is gone, so its stdout ends soon: the reader thread then hangs up.
-        let mut lines = Vec::new();
-        while let Ok(line) = self.stdout.recv_timeout(WAIT) {
-            lines.push(line);
-        }
-        let stderr = self.stderr.take().unwrap().join().unwrap();
-        (status, lines, stderr)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::client::{
+    CLIENT, ClientProcess, assert_greeted_as_guest, assert_usage_error, hello_both_ways,
+};
+use common::{Client, Server, WAIT, WELCOME, eventually};
 
 /// Reads lines from `c` until one satisfies `pred` (skipping joins and the like).
 fn expect_matching(c: &mut Client, what: &str, pred: impl Fn(&str) -> bool) -> String {
@@ -160,23 +52,18 @@ fn closed_port() -> u16 {
 fn piped_client_talks_to_the_room() {
     let server = Server::start(&[]);
     let mut bob = server.named("bob");
-    let mut alice = Proc::to(&server, &["--nick", "alice"], Stdio::piped());
+    let mut alice = ClientProcess::to(&server, &["--nick", "alice"], Stdio::piped());
     alice.expect_line(WELCOME);
     alice.expect_line("[SERVER] You are now known as alice");
     expect_matching(&mut bob, "the rename to alice", |l| {
         l.starts_with("[SERVER] guest") && l.ends_with(" is now known as alice")
     });
 
-    alice.send("hello bob");
-    bob.expect_line("alice: hello bob");
-    bob.send("hi alice");
-    alice.expect_line("bob: hi alice");
+    hello_both_ways(&mut alice, &mut bob);
 
     // End of stdin: the client half-closes, the server closes, the client exits 0.
     alice.close_stdin();
-    let (status, rest, stderr) = alice.finish(WAIT);
-    assert!(status.success(), "{status}; stderr: {stderr}");
-    assert!(rest.is_empty(), "unexpected output: {rest:?}");
+    alice.finish_cleanly();
     bob.expect_line("[SERVER] Client: alice disconnected.");
 }
 
@@ -185,7 +72,7 @@ fn stdin_from_a_file_is_sent_then_the_client_waits_for_the_server() {
     let server = Server::start(&[]);
     // The last line has no LF: the client terminates it.
     let file = scratch_file("cmds.txt", b"/nick carol\n/who");
-    let client = Proc::to(&server, &[], std::fs::File::open(&file).unwrap().into());
+    let client = ClientProcess::to(&server, &[], std::fs::File::open(&file).unwrap().into());
     let (status, lines, stderr) = client.finish(WAIT);
     std::fs::remove_file(&file).unwrap();
     assert!(status.success(), "{status}; stderr: {stderr}");
@@ -209,28 +96,21 @@ fn stdin_from_a_file_is_sent_then_the_client_waits_for_the_server() {
 #[test]
 fn dev_null_stdin_prints_the_welcome_and_exits_0() {
     let server = Server::start(&[]);
-    let client = Proc::to(&server, &[], Stdio::null());
+    let client = ClientProcess::to(&server, &[], Stdio::null());
     let (status, lines, stderr) = client.finish(WAIT);
     assert!(status.success(), "{status}; stderr: {stderr}");
-    assert_eq!(
-        lines.first().map(String::as_str),
-        Some(WELCOME),
-        "{lines:?}"
-    );
-    assert!(lines[1].starts_with("[SERVER] You are guest"), "{lines:?}");
+    assert_greeted_as_guest(&lines);
 }
 
 #[test]
 fn server_closing_first_ends_the_client_with_0() {
     let server = Server::start(&[]);
-    let mut client = Proc::to(&server, &[], Stdio::piped());
+    let mut client = ClientProcess::to(&server, &[], Stdio::piped());
     client.expect_line(WELCOME);
     client.send("/quit");
     client.expect_line("[SERVER] Bye!");
     // stdin is still open: the server's close alone ends the client.
-    let (status, rest, stderr) = client.finish(WAIT);
-    assert!(status.success(), "{status}; stderr: {stderr}");
-    assert!(rest.is_empty(), "unexpected output: {rest:?}");
+    client.finish_cleanly();
 }
 
 #[test]
@@ -245,7 +125,7 @@ fn a_partial_last_line_is_printed_at_close() {
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).unwrap();
     });
-    let client = Proc::spawn(&["-H", "127.0.0.1", "-p", &port], Stdio::null());
+    let client = ClientProcess::spawn(&["-H", "127.0.0.1", "-p", &port], Stdio::null());
     let (status, lines, stderr) = client.finish(WAIT);
     fake.join().unwrap();
     assert!(status.success(), "{status}; stderr: {stderr}");
@@ -282,7 +162,7 @@ fn a_slow_server_gets_every_byte_of_a_big_input() {
         )
         .unwrap();
     });
-    let client = Proc::spawn(
+    let client = ClientProcess::spawn(
         &["-H", "127.0.0.1", "-p", &port],
         std::fs::File::open(&file).unwrap().into(),
     );
@@ -299,7 +179,7 @@ fn a_slow_server_gets_every_byte_of_a_big_input() {
 #[test]
 fn connection_refused_is_one_clear_line_and_exit_1() {
     let port = closed_port().to_string();
-    let client = Proc::spawn(&["-H", "127.0.0.1", "-p", &port], Stdio::null());
+    let client = ClientProcess::spawn(&["-H", "127.0.0.1", "-p", &port], Stdio::null());
     let (status, lines, stderr) = client.finish(WAIT);
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");
     assert!(lines.is_empty(), "{lines:?}");
@@ -312,7 +192,7 @@ fn connection_refused_is_one_clear_line_and_exit_1() {
 fn unknown_host_is_one_clear_line_and_exit_1() {
     // RFC 6761: .invalid never resolves. A resolver may still ask the network, hence the
     // longer bound.
-    let client = Proc::spawn(&["-H", "no-such-host.invalid"], Stdio::null());
+    let client = ClientProcess::spawn(&["-H", "no-such-host.invalid"], Stdio::null());
     let (status, _, stderr) = client.finish(WAIT * 4);
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
@@ -330,27 +210,17 @@ fn usage_errors_exit_2_with_the_usage() {
         &["--nick", ""],
         &["--udp", "--nick", "x"],
     ] {
-        let (status, lines, stderr) = Proc::spawn(args, Stdio::null()).finish(WAIT);
-        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(lines.is_empty(), "{args:?}: {lines:?}");
-        assert!(
-            stderr.starts_with("loopchat-client: "),
-            "{args:?}: {stderr}"
-        );
-        assert!(
-            stderr.contains("Usage: loopchat-client"),
-            "{args:?}: {stderr}"
-        );
+        assert_usage_error(args);
     }
 }
 
 #[test]
 fn help_and_version_exit_0() {
-    let (status, lines, _) = Proc::spawn(&["--help"], Stdio::null()).finish(WAIT);
+    let (status, lines, _) = ClientProcess::spawn(&["--help"], Stdio::null()).finish(WAIT);
     assert!(status.success());
     assert!(lines[0].starts_with("Usage: loopchat-client"), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("--host")), "{lines:?}");
-    let (status, lines, _) = Proc::spawn(&["-V"], Stdio::null()).finish(WAIT);
+    let (status, lines, _) = ClientProcess::spawn(&["-V"], Stdio::null()).finish(WAIT);
     assert!(status.success());
     assert_eq!(
         lines,
@@ -379,7 +249,7 @@ fn udp_sends_each_line_as_a_datagram_and_prints_each_reply() {
     // More lines than the client reads ahead, so its queue fills and drains.
     let sent: Vec<String> = (0..40).map(|i| format!("hola {i}")).collect();
     let input = scratch_file("udp.txt", format!("{}\n", sent.join("\n")).as_bytes());
-    let client = Proc::spawn(
+    let client = ClientProcess::spawn(
         &["--udp", "-H", "127.0.0.1", "-p", &port],
         std::fs::File::open(&input).unwrap().into(),
     );
@@ -399,7 +269,8 @@ fn udp_to_a_closed_port_is_one_clear_line_and_exit_1() {
         .unwrap()
         .port()
         .to_string();
-    let mut client = Proc::spawn(&["--udp", "-H", "127.0.0.1", "-p", &port], Stdio::piped());
+    let mut client =
+        ClientProcess::spawn(&["--udp", "-H", "127.0.0.1", "-p", &port], Stdio::piped());
     client.send("anyone?");
     let (status, _, stderr) = client.finish(WAIT);
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");

@@ -8,132 +8,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::Stdio;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::client::{ClientProcess, assert_greeted_as_guest, assert_usage_error, hello_both_ways};
 use common::tls::Certs;
 use common::{Launch, Server, WAIT, WELCOME};
 use rustls::{ServerConnection, StreamOwned};
-
-const CLIENT: &str = env!("CARGO_BIN_EXE_loopchat-client");
-
-/// A running `loopchat-client`, killed when dropped.
-struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Receiver<String>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Proc {
-    /// Starts the client with `args`, stdout and stderr collected. `roots`: the system's root
-    /// certificates are this file's, whatever the machine trusts (rustls-native-certs reads
-    /// `SSL_CERT_FILE` and `SSL_CERT_DIR` first).
-    fn spawn(args: &[&str], roots: Option<&Path>, stdin: Stdio) -> Proc {
-        let mut cmd = Command::new(CLIENT);
-        if let Some(roots) = roots {
-            cmd.env("SSL_CERT_FILE", roots).env_remove("SSL_CERT_DIR");
-        }
-        let mut child = cmd
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn loopchat-client");
-        let (tx, stdout) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Proc {
-            stdin: child.stdin.take(),
-            child,
-            stdout,
-            stderr: Some(stderr),
-        }
-    }
-
-    /// `--tls` to the server on `port` at `localhost`, with `extra` flags.
-    fn tls(port: u16, extra: &[&str], stdin: Stdio) -> Proc {
-        let port = port.to_string();
-        let mut args = vec!["--tls", "-p", &port];
-        args.extend_from_slice(extra);
-        Proc::spawn(&args, None, stdin)
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin not piped or closed");
-        writeln!(stdin, "{line}").expect("write to client stdin");
-        stdin.flush().unwrap();
-    }
-
-    fn close_stdin(&mut self) {
-        self.stdin = None;
-    }
-
-    /// Skips printed lines until one equals `want`.
-    fn expect_line(&self, want: &str) {
-        let deadline = Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        loop {
-            match self
-                .stdout
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) if line == want => return,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("client never printed {want:?}; printed {seen:?}"),
-            }
-        }
-    }
-
-    /// Waits (bounded) for the client to exit; returns its status, the lines it printed that
-    /// were not consumed yet, and its stderr.
-    fn finish(mut self, within: Duration) -> (ExitStatus, Vec<String>, String) {
-        let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "client did not exit in {within:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        };
-        let mut lines = Vec::new();
-        while let Ok(line) = self.stdout.recv_timeout(WAIT) {
-            lines.push(line);
-        }
-        let stderr = self.stderr.take().unwrap().join().unwrap();
-        (status, lines, stderr)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The real server with TLS on its port, beside plain text.
 fn tls_server(certs: &Certs) -> Server {
@@ -160,7 +44,7 @@ fn a_tls_client_with_ca_chats_with_a_plain_client() {
     let server = tls_server(&certs);
     let mut bob = server.named("bob");
     let ca = ca(&certs);
-    let mut alice = Proc::tls(
+    let mut alice = ClientProcess::tls(
         server.addr.port(),
         &["--ca", &ca, "--nick", "alice"],
         Stdio::piped(),
@@ -169,18 +53,12 @@ fn a_tls_client_with_ca_chats_with_a_plain_client() {
     alice.expect_line("[SERVER] You are now known as alice");
     bob.expect_eventually("[SERVER] guest2 is now known as alice");
 
-    alice.send("hello bob");
-    bob.expect_line("alice: hello bob");
-    bob.send("hi alice");
-    alice.expect_line("bob: hi alice");
+    hello_both_ways(&mut alice, &mut bob);
 
     // End of stdin: close_notify and a half-close; the server answers with close_notify, and
     // the client exits 0 without a word on stderr.
     alice.close_stdin();
-    let (status, rest, stderr) = alice.finish(WAIT);
-    assert!(status.success(), "{status}; stderr: {stderr}");
-    assert!(rest.is_empty(), "unexpected output: {rest:?}");
-    assert_eq!(stderr, "");
+    assert_eq!(alice.finish_cleanly(), "");
     bob.expect_line("[SERVER] Client: alice disconnected.");
 }
 
@@ -188,38 +66,30 @@ fn a_tls_client_with_ca_chats_with_a_plain_client() {
 fn stdin_at_its_end_before_the_handshake_still_gets_the_greeting() {
     let certs = Certs::new();
     let server = tls_server(&certs);
-    let client = Proc::tls(server.addr.port(), &["--ca", &ca(&certs)], Stdio::null());
+    let client = ClientProcess::tls(server.addr.port(), &["--ca", &ca(&certs)], Stdio::null());
     let (status, lines, stderr) = client.finish(WAIT);
     assert!(status.success(), "{status}; stderr: {stderr}");
     assert_eq!(stderr, "");
-    assert_eq!(
-        lines.first().map(String::as_str),
-        Some(WELCOME),
-        "{lines:?}"
-    );
-    assert!(lines[1].starts_with("[SERVER] You are guest"), "{lines:?}");
+    assert_greeted_as_guest(&lines);
 }
 
 #[test]
 fn the_server_closing_with_close_notify_ends_the_client_with_0() {
     let certs = Certs::new();
     let server = tls_server(&certs);
-    let mut client = Proc::tls(server.addr.port(), &["--ca", &ca(&certs)], Stdio::piped());
+    let mut client = ClientProcess::tls(server.addr.port(), &["--ca", &ca(&certs)], Stdio::piped());
     client.expect_line(WELCOME);
     client.send("/quit");
     client.expect_line("[SERVER] Bye!");
     // stdin is still open: the server's close alone ends the client.
-    let (status, rest, stderr) = client.finish(WAIT);
-    assert!(status.success(), "{status}; stderr: {stderr}");
-    assert!(rest.is_empty(), "unexpected output: {rest:?}");
-    assert_eq!(stderr, "");
+    assert_eq!(client.finish_cleanly(), "");
 }
 
 #[test]
 fn insecure_connects_and_warns_that_the_server_is_not_verified() {
     let certs = Certs::new();
     let server = tls_server(&certs);
-    let client = Proc::tls(server.addr.port(), &["--insecure"], Stdio::null());
+    let client = ClientProcess::tls(server.addr.port(), &["--insecure"], Stdio::null());
     let (status, lines, stderr) = client.finish(WAIT);
     assert!(status.success(), "{status}; stderr: {stderr}");
     assert_eq!(
@@ -238,7 +108,7 @@ fn a_self_signed_certificate_without_ca_is_refused_with_the_fix() {
     let other = Certs::new();
     let server = tls_server(&certs);
     let port = server.addr.port().to_string();
-    let client = Proc::spawn(&["--tls", "-p", &port], Some(&other.cert), Stdio::null());
+    let client = ClientProcess::spawn_trusting(&["--tls", "-p", &port], &other.cert, Stdio::null());
     let (status, lines, stderr) = client.finish(WAIT);
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");
     assert!(lines.is_empty(), "{lines:?}");
@@ -253,7 +123,7 @@ fn no_system_roots_is_one_clear_line() {
     let certs = Certs::new();
     let empty = certs.dir.join("empty.pem");
     std::fs::write(&empty, "").unwrap();
-    let client = Proc::spawn(&["--tls", "-p", "1"], Some(&empty), Stdio::null());
+    let client = ClientProcess::spawn_trusting(&["--tls", "-p", "1"], &empty, Stdio::null());
     let (status, _, stderr) = client.finish(WAIT);
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");
     assert_one_line(&stderr, &["no trusted root certificates", "--ca FILE"]);
@@ -268,7 +138,7 @@ fn a_certificate_for_another_name_is_refused_with_the_names_it_has() {
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]);
-    let client = Proc::tls(server.addr.port(), &["--ca", &cert], Stdio::null());
+    let client = ClientProcess::tls(server.addr.port(), &["--ca", &cert], Stdio::null());
     let (status, _, stderr) = client.finish(WAIT);
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");
     assert_one_line(
@@ -283,7 +153,7 @@ fn a_certificate_for_another_name_is_refused_with_the_names_it_has() {
 fn tls_to_a_server_without_tls_says_it_does_not_speak_tls() {
     for server in [Server::start(&[]), Launch::new(&[]).web().start()] {
         let certs = Certs::new();
-        let client = Proc::tls(server.addr.port(), &["--ca", &ca(&certs)], Stdio::piped());
+        let client = ClientProcess::tls(server.addr.port(), &["--ca", &ca(&certs)], Stdio::piped());
         let (status, lines, stderr) = client.finish(WAIT);
         assert_eq!(status.code(), Some(1), "stderr: {stderr}");
         assert!(lines.is_empty(), "{lines:?}");
@@ -296,7 +166,7 @@ fn tls_to_a_server_without_tls_says_it_does_not_speak_tls() {
 
 #[test]
 fn a_missing_ca_file_is_one_clear_line() {
-    let client = Proc::tls(1, &["--ca", "/nonexistent/ca.pem"], Stdio::null());
+    let client = ClientProcess::tls(1, &["--ca", "/nonexistent/ca.pem"], Stdio::null());
     let (status, _, stderr) = client.finish(WAIT);
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");
     assert_one_line(&stderr, &["--ca /nonexistent/ca.pem"]);
@@ -310,17 +180,7 @@ fn tls_usage_errors_exit_2_with_the_usage() {
         &["--insecure"],
         &["--tls", "--ca", "cert.pem", "--insecure"],
     ] {
-        let (status, lines, stderr) = Proc::spawn(args, None, Stdio::null()).finish(WAIT);
-        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(lines.is_empty(), "{args:?}: {lines:?}");
-        assert!(
-            stderr.starts_with("loopchat-client: "),
-            "{args:?}: {stderr}"
-        );
-        assert!(
-            stderr.contains("Usage: loopchat-client"),
-            "{args:?}: {stderr}"
-        );
+        assert_usage_error(args);
     }
 }
 
@@ -359,7 +219,7 @@ fn a_stream_cut_without_close_notify_is_reported_but_ends_normally() {
         let mut rest = Vec::new();
         tls.read_to_end(&mut rest).unwrap();
     });
-    let client = Proc::tls(port, &["--ca", &ca(&certs)], Stdio::null());
+    let client = ClientProcess::tls(port, &["--ca", &ca(&certs)], Stdio::null());
     let (status, lines, stderr) = client.finish(WAIT);
     fake.join().unwrap();
     assert!(status.success(), "{status}; stderr: {stderr}");
@@ -396,7 +256,7 @@ fn a_slow_tls_server_gets_every_byte_of_a_big_input() {
         tls.conn.send_close_notify();
         tls.flush().unwrap();
     });
-    let client = Proc::tls(
+    let client = ClientProcess::tls(
         port,
         &["--ca", &ca(&certs)],
         std::fs::File::open(&file).unwrap().into(),

@@ -38,30 +38,73 @@ fn nick_answer(client: &mut Client) -> String {
     }
 }
 
+/// Tries `attempt` until it gives `Ok`, `pause` apart; once `deadline` has passed, fails with
+/// what the last try gave.
+fn retry(deadline: Instant, pause: Duration, mut attempt: impl FnMut() -> Result<(), String>) {
+    loop {
+        let Err(why) = attempt() else { return };
+        assert!(Instant::now() < deadline, "{why}");
+        std::thread::sleep(pause);
+    }
+}
+
+/// Sends `command` on `client` until the server's answer starts with `want` (within 3 ×
+/// [`WAIT`]); `never` says what failed, given the last answer.
+fn until_answer(client: &mut Client, command: &str, want: &str, never: impl Fn(&str) -> String) {
+    retry(
+        Instant::now() + 3 * WAIT,
+        Duration::from_millis(100),
+        || {
+            client.send(command);
+            let line = client.expect_prefix("[SERVER] ");
+            if line.starts_with(want) {
+                Ok(())
+            } else {
+                Err(never(&line))
+            }
+        },
+    );
+}
+
 /// Waits until `/who` on `client` lists `count` people: the nodes have heard each other's
 /// presence.
 fn until_online(client: &mut Client, count: usize) {
-    let want = format!("[SERVER] {count} online: ");
-    let deadline = Instant::now() + 3 * WAIT;
-    loop {
-        client.send("/who");
-        let line = client.expect_prefix("[SERVER] ");
-        if line.starts_with(&want) {
-            return;
+    let name = client.name.clone();
+    until_answer(
+        client,
+        "/who",
+        &format!("[SERVER] {count} online: "),
+        |line| format!("{name}: never {count} online, last {line:?}"),
+    );
+}
+
+/// Sends `/nick NICK` on `client`, `pause` apart, until it is granted; fails after
+/// `deadline` with `taken` and the last answer.
+fn until_nick(client: &mut Client, nick: &str, deadline: Instant, pause: Duration, taken: &str) {
+    let won = format!("[SERVER] You are now known as {nick}");
+    retry(deadline, pause, || {
+        client.send(&format!("/nick {nick}"));
+        let line = nick_answer(client);
+        if line == won {
+            Ok(())
+        } else {
+            Err(format!("{taken}: {line:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{}: never {count} online, last {line:?}",
-            client.name
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
 }
 
 /// Waits for the node's transcript to say its link to the bus is up and how names are kept.
 fn until_linked(server: &Server) {
     server.expect_out_prefix("[SERVER] Node ");
     server.expect_out_prefix("[SERVER] Names are claimed across the cluster");
+}
+
+/// Nodes `a` and `b` on `bus`, once both are linked.
+fn linked_pair(bus: &NatsServer) -> (Server, Server) {
+    let (a, b) = (node(bus, "a"), node(bus, "b"));
+    until_linked(&a);
+    until_linked(&b);
+    (a, b)
 }
 
 #[test]
@@ -125,20 +168,13 @@ fn lines_cross_nodes_both_ways_in_each_senders_order_in_every_room() {
 
 /// Waits until `/who #room` on `client` counts `count` members.
 fn until_in_room(client: &mut Client, room: &str, count: usize) {
-    let want = format!("[SERVER] {count} in {room}: ");
-    let deadline = Instant::now() + 3 * WAIT;
-    loop {
-        client.send(&format!("/who {room}"));
-        let line = client.expect_prefix("[SERVER] ");
-        if line.starts_with(&want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never {count} in {room}: {line:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (command, want) = (
+        format!("/who {room}"),
+        format!("[SERVER] {count} in {room}: "),
+    );
+    until_answer(client, &command, &want, |line| {
+        format!("never {count} in {room}: {line:?}")
+    });
 }
 
 #[test]
@@ -146,9 +182,7 @@ fn private_messages_and_history_cross_nodes() {
     let Some(bus) = NatsServer::start() else {
         return;
     };
-    let (a, b) = (node(&bus, "a"), node(&bus, "b"));
-    until_linked(&a);
-    until_linked(&b);
+    let (a, b) = linked_pair(&bus);
     let mut alice = named(&a, "alice");
     let mut bob = named(&b, "bob");
     until_online(&mut alice, 2);
@@ -168,16 +202,17 @@ fn private_messages_and_history_cross_nodes() {
     bob.expect_eventually("[#news] [SERVER] End of history (1 message)");
 }
 
+/// Waits until `/rooms` on `client` lists `room`.
 fn until_room_listed(client: &mut Client, room: &str) {
-    let deadline = Instant::now() + 3 * WAIT;
-    loop {
+    retry(Instant::now() + 3 * WAIT, Duration::ZERO, || {
         client.send("/rooms");
         let lines = client.lines_until_quiet(Duration::from_millis(150));
         if lines.iter().any(|l| l.contains(room)) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{room} never listed: {lines:?}"))
         }
-        assert!(Instant::now() < deadline, "{room} never listed: {lines:?}");
-    }
+    });
 }
 
 #[test]
@@ -185,9 +220,7 @@ fn the_bus_killed_and_restarted_mid_chat() {
     let Some(mut bus) = NatsServer::start() else {
         return;
     };
-    let (a, b) = (node(&bus, "a"), node(&bus, "b"));
-    until_linked(&a);
-    until_linked(&b);
+    let (a, b) = linked_pair(&bus);
     let mut alice = named(&a, "alice");
     let mut ann = named(&a, "ann");
     let mut bob = named(&b, "bob");
@@ -217,9 +250,7 @@ fn a_node_killed_with_sigkill_leaves_the_others_in_time() {
     let Some(bus) = NatsServer::start() else {
         return;
     };
-    let (a, b) = (node(&bus, "a"), node(&bus, "b"));
-    until_linked(&a);
-    until_linked(&b);
+    let (a, b) = linked_pair(&bus);
     let mut alice = named(&a, "alice");
     let mut bob = named(&b, "bob");
     until_online(&mut bob, 2);
@@ -248,9 +279,7 @@ fn names_collide_across_nodes_and_one_loses_with_a_clear_error() {
     let Some(bus) = NatsServer::start() else {
         return;
     };
-    let (a, b) = (node(&bus, "a"), node(&bus, "b"));
-    until_linked(&a);
-    until_linked(&b);
+    let (a, b) = linked_pair(&bus);
     let mut alice = named(&a, "alice");
     let mut other = b.client();
     other.send("/nick Alice");
@@ -276,15 +305,13 @@ fn names_collide_across_nodes_and_one_loses_with_a_clear_error() {
     alice.send("/nick alicia");
     alice.expect_prefix("[SERVER] You are now known as alicia");
     let deadline = Instant::now() + WAIT;
-    loop {
-        other.send("/nick alice");
-        let line = nick_answer(&mut other);
-        if line == "[SERVER] You are now known as alice" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "alice never free: {line:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until_nick(
+        &mut other,
+        "alice",
+        deadline,
+        Duration::from_millis(100),
+        "alice never free",
+    );
 }
 
 #[test]
@@ -292,9 +319,7 @@ fn a_killed_nodes_names_are_free_within_the_buckets_age() {
     let Some(bus) = NatsServer::start() else {
         return;
     };
-    let (a, b) = (node(&bus, "a"), node(&bus, "b"));
-    until_linked(&a);
-    until_linked(&b);
+    let (a, b) = linked_pair(&bus);
     let _alice = named(&a, "alice");
     let mut other = b.client();
     other.send("/nick alice");
@@ -303,15 +328,13 @@ fn a_killed_nodes_names_are_free_within_the_buckets_age() {
     a.signal("KILL");
     // The bucket's age (15 s), and a little.
     let deadline = killed + Duration::from_secs(20);
-    loop {
-        other.send("/nick alice");
-        let line = nick_answer(&mut other);
-        if line == "[SERVER] You are now known as alice" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "alice still taken: {line:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    until_nick(
+        &mut other,
+        "alice",
+        deadline,
+        Duration::from_millis(500),
+        "alice still taken",
+    );
     assert!(
         killed.elapsed() > Duration::from_secs(5),
         "freed before the node was gone"

@@ -5,6 +5,7 @@
 //! every process a test starts is killed by its PID when the test ends.
 #![allow(dead_code)] // each test binary uses a different subset of these helpers
 
+pub mod client;
 pub mod nats;
 pub mod tls;
 
@@ -32,6 +33,14 @@ pub const SHUTDOWN: &str = "[SERVER] Server shutting down.";
 /// The intro line that follows the welcome for a client named `name`.
 pub fn intro(name: &str) -> String {
     format!("[SERVER] You are {name}. Change your name with /nick NAME; /help lists the commands.")
+}
+
+/// The name an intro line (see [`intro`]) gives its client; panics on any other line.
+pub fn name_from_intro(line: &str) -> String {
+    line.strip_prefix("[SERVER] You are ")
+        .and_then(|rest| rest.split_once(". "))
+        .map(|(name, _)| name.to_string())
+        .unwrap_or_else(|| panic!("unexpected intro line: {line:?}"))
 }
 
 /// What the server's standard input is.
@@ -360,17 +369,7 @@ impl Server {
 
     /// Waits for the server to exit and returns its status.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit in {within:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_exit(&mut self.child, "server", within)
     }
 
     /// `None` while the server runs, its exit status once it has exited.
@@ -450,12 +449,7 @@ impl Client {
 
     /// Reads the intro line that follows the welcome and records the client's name.
     pub fn read_intro(&mut self) {
-        let intro = self.line();
-        self.name = intro
-            .strip_prefix("[SERVER] You are ")
-            .and_then(|rest| rest.split_once(". "))
-            .map(|(name, _)| name.to_string())
-            .unwrap_or_else(|| panic!("unexpected intro line: {intro:?}"));
+        self.name = name_from_intro(&self.line());
     }
 
     /// Sends `/nick name` and waits for the confirmation.
@@ -788,6 +782,22 @@ pub fn welcomed_within(addr: SocketAddr, within: Duration) -> Duration {
             start.elapsed()
         );
         thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for `child` (the `who` of the failure message) to exit and returns its status; fails
+/// if it has not exited within `within`.
+pub fn wait_exit(child: &mut Child, who: &str, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who} did not exit in {within:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
     }
 }
 

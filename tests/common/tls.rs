@@ -117,12 +117,7 @@ impl TlsClient {
     /// Reads the welcome and the intro, and records the client's name.
     pub fn greeted(mut self) -> TlsClient {
         assert_eq!(self.line(), super::WELCOME);
-        let intro = self.line();
-        self.name = intro
-            .strip_prefix("[SERVER] You are ")
-            .and_then(|rest| rest.split_once(". "))
-            .map(|(name, _)| name.to_string())
-            .unwrap_or_else(|| panic!("unexpected intro line: {intro:?}"));
+        self.name = super::name_from_intro(&self.line());
         self
     }
 
