@@ -10,12 +10,12 @@ pub mod nats;
 pub mod tls;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::FromRawFd;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// How long any single expected event may take before the test fails.
@@ -844,6 +844,11 @@ pub fn cpu_used_during(server: &Server, span: Duration) -> Duration {
 pub struct Reaper(pub Child);
 
 impl Reaper {
+    /// Sends a signal to the process (by the PID we spawned), as [`Server::signal`] does.
+    pub fn signal(&self, sig: &str) {
+        signal_pid(self.0.id(), sig);
+    }
+
     /// Waits at most `within` for the process to exit.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
@@ -918,4 +923,34 @@ pub fn run_cli(args: &[&str]) -> Output {
 pub fn have(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// Sends `sig` (a name such as "INT") to the process `pid`, which must be one the test started,
+/// with `kill -s SIG PID`.
+pub fn signal_pid(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args(["-s", sig, &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -s {sig} {pid} failed");
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a program that must be told its
+/// port. Another process may take it before the program binds it: callers that can, retry.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Reads everything from `from` on a thread, as text (invalid UTF-8 replaced); join the
+/// handle once the writer has closed its end (e.g. after its process has exited).
+pub fn read_all_text(mut from: impl Read + Send + 'static) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = from.read_to_end(&mut all);
+        String::from_utf8_lossy(&all).into_owned()
+    })
 }
