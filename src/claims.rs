@@ -189,7 +189,12 @@ impl Claims {
                 self.mode = if claimed {
                     Mode::Claimed
                 } else {
-                    log::warn!("no JetStream on the bus ({reply}): names qualified by node");
+                    let why = if no_responders {
+                        "no responders".to_owned()
+                    } else {
+                        reply.to_string()
+                    };
+                    log::warn!("no JetStream on the bus ({why}): names qualified by node");
                     Mode::Qualified
                 };
                 Some(Outcome::Mode(self.mode))

@@ -28,7 +28,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The issue's limits for a server under this attack.
+/// The limits a server must keep under this attack.
 pub const MAX_HWM_KIB: u64 = 64 * 1024;
 pub const MAX_WHO: Duration = Duration::from_secs(1);
 
@@ -60,7 +60,7 @@ const CHECK_DROPPED: Duration = Duration::from_secs(3);
 const SMALL_RCVBUF: usize = 4096;
 const SMALL_MSS: u32 = 536;
 
-/// What to run against which server. [`FloodConfig::new`] is the issue's full size.
+/// What to run against which server. [`FloodConfig::new`] is the full size.
 #[derive(Clone, Debug)]
 pub struct FloodConfig {
     /// The server. The readers connect from 127.0.0.2-254 (see [`Gen`]), the attackers from
@@ -99,7 +99,7 @@ pub struct FloodConfig {
 }
 
 impl FloodConfig {
-    /// The issue's attack: 500 readers (10 sending, 16 in flight) and for 15 s 250 flood
+    /// The full attack: 500 readers (10 sending, 16 in flight) and for 15 s 250 flood
     /// connections a second from 3 threads, each 50 lines of 1 to 300 random bytes, with 50
     /// never-readers, 1 MiB lines, resets mid-line, slowloris and churn.
     pub fn new(addr: SocketAddr, server_pid: Option<u32>) -> FloodConfig {
@@ -184,7 +184,7 @@ pub struct FloodReport {
 }
 
 impl FloodReport {
-    /// The issue's criteria this run missed, one short phrase each; empty when it passed.
+    /// The criteria this run missed, one short phrase each; empty when it passed.
     pub fn failures(&self) -> Vec<String> {
         if let Some(e) = &self.error {
             return vec![format!("error: {e}")];
@@ -826,7 +826,7 @@ mod tests {
     }
 
     #[test]
-    fn failures_name_what_the_issue_asks() {
+    fn failures_name_the_criteria_missed() {
         let good = FloodReport {
             readers: 10,
             never_readers: 2,

@@ -1,6 +1,10 @@
 //! The load generator's client side: many connections in one mio loop on one thread, the join
 //! barrier that proves each of them receives broadcasts, the measured window, and the
 //! `RESULT key=value ...` line.
+//!
+//! Clients may be spread over several servers (the nodes of a cluster): connection `k` goes
+//! to server `k % servers`, and the barrier then proves that each client receives broadcasts
+//! from every node.
 
 use crate::procfs;
 use crate::stats::Histogram;
@@ -46,6 +50,8 @@ struct Conn {
     ws: Option<WsState>,
     /// Over TLS ([`Gen::with_tls`]): the session its bytes pass through; `out` holds plaintext.
     tls: Option<Session>,
+    /// The server it talks to (the WebSocket handshake's `Host`).
+    addr: SocketAddr,
 }
 
 impl Conn {
@@ -86,12 +92,15 @@ pub struct Gen {
     /// Connections with queued output, flushed at the start of every turn.
     dirty: Vec<usize>,
     start: Instant,
-    addr: SocketAddr,
+    /// The servers clients connect to, in turn.
+    addrs: Vec<SocketAddr>,
     proto: Proto,
     tls: Option<Tls>,
     connecting: usize,
     /// Connections opened so far (picks each one's source address).
     opened: usize,
+    /// Connections started so far (picks each one's server).
+    started: usize,
     /// Established but not heard from.
     unproven: usize,
     pub server_errors: u64,
@@ -100,6 +109,13 @@ pub struct Gen {
 
 impl Gen {
     pub fn new(addr: SocketAddr, proto: Proto) -> io::Result<Gen> {
+        Gen::spread(vec![addr], proto)
+    }
+
+    /// Clients spread over several servers, round-robin: connection `k` (in the order they are
+    /// opened) goes to `addrs[k % addrs.len()]`.
+    pub fn spread(addrs: Vec<SocketAddr>, proto: Proto) -> io::Result<Gen> {
+        assert!(!addrs.is_empty(), "a server to connect to");
         Ok(Gen {
             poll: Poll::new()?,
             events: Events::with_capacity(4096),
@@ -107,11 +123,12 @@ impl Gen {
             scratch: vec![0; 256 * 1024],
             dirty: Vec::new(),
             start: Instant::now(),
-            addr,
+            addrs,
             proto,
             tls: None,
             connecting: 0,
             opened: 0,
+            started: 0,
             unproven: 0,
             server_errors: 0,
             first_error: None,
@@ -125,6 +142,11 @@ impl Gen {
         self
     }
 
+    /// The servers clients are spread over.
+    pub fn servers(&self) -> usize {
+        self.addrs.len()
+    }
+
     pub fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
@@ -132,7 +154,9 @@ impl Gen {
     pub fn connect(&mut self) -> io::Result<usize> {
         let tls = self.tls.as_ref().map(Tls::session).transpose();
         let tls = tls.map_err(io::Error::other)?;
-        let mut stream = self.open()?;
+        let addr = self.addrs[self.started % self.addrs.len()];
+        let mut stream = self.open(addr)?;
+        self.started += 1;
         stream.set_nodelay(true)?;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -150,6 +174,7 @@ impl Gen {
             closed: false,
             ws: None,
             tls,
+            addr,
         });
         self.connecting += 1;
         Ok(key)
@@ -158,13 +183,13 @@ impl Gen {
     /// Starts a connection. To a loopback IPv4 server, clients spread over source addresses
     /// 127.0.0.2-254: churn and back-to-back runs leave tens of thousands of TIME_WAIT sockets,
     /// and with one source address the kernel's ephemeral-port search becomes the bottleneck.
-    fn open(&mut self) -> io::Result<TcpStream> {
+    fn open(&mut self, addr: SocketAddr) -> io::Result<TcpStream> {
         use socket2::{Domain, Socket, Type};
-        let SocketAddr::V4(dst) = self.addr else {
-            return TcpStream::connect(self.addr);
+        let SocketAddr::V4(dst) = addr else {
+            return TcpStream::connect(addr);
         };
         if !dst.ip().is_loopback() {
-            return TcpStream::connect(self.addr);
+            return TcpStream::connect(addr);
         }
         self.opened += 1;
         let src = SocketAddr::from(([127, 0, 0, 2 + (self.opened % 253) as u8], 0));
@@ -183,7 +208,7 @@ impl Gen {
             );
         }
         sock.bind(&src.into())?;
-        match sock.connect(&self.addr.into()) {
+        match sock.connect(&addr.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
@@ -250,7 +275,7 @@ impl Gen {
                         if self.proto == Proto::WebSocket {
                             // Ahead of anything queued already: the handshake comes first.
                             let key = ws::random_key();
-                            let request = ws::handshake_request(&self.addr.to_string(), &key, None);
+                            let request = ws::handshake_request(&c.addr.to_string(), &key, None);
                             c.out.splice(0..0, request);
                             c.ws = Some(WsState::Handshaking(key));
                         }
@@ -432,8 +457,10 @@ impl Report {
         self
     }
 
-    pub fn server(&mut self, pid: Option<u32>) -> &mut Self {
-        if let Some(m) = pid.and_then(|p| procfs::mem(p).ok()) {
+    /// The server's memory and threads, summed over its processes (a cluster's nodes and bus:
+    /// its peak is then the sum of each one's peak).
+    pub fn server(&mut self, w: &Watched) -> &mut Self {
+        if let Some(m) = w.mem() {
             self.put("server_rss_kib", m.rss_kib)
                 .put("server_hwm_kib", m.hwm_kib)
                 .put("server_threads", m.threads);
@@ -450,21 +477,75 @@ impl Report {
     }
 }
 
-/// CPU used by the server (if known) and by this generator, and time their threads spent
-/// runnable but waiting for a CPU (other load on the machine).
-#[derive(Clone, Copy)]
+/// The processes that are the server, read from /proc: one, or a cluster's nodes and the bus
+/// (nats-server) between them, whose CPU and memory are summed.
+#[derive(Clone, Debug, Default)]
+pub struct Watched {
+    /// The server, or the cluster's nodes.
+    pub nodes: Vec<u32>,
+    /// The cluster's bus: counted in the server's totals, and reported on its own too.
+    pub bus: Option<u32>,
+}
+
+impl Watched {
+    pub fn one(pid: Option<u32>) -> Watched {
+        Watched {
+            nodes: pid.into_iter().collect(),
+            bus: None,
+        }
+    }
+
+    /// Every process, the bus last.
+    pub fn all(&self) -> impl Iterator<Item = u32> + '_ {
+        self.nodes.iter().copied().chain(self.bus)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.bus.is_none()
+    }
+
+    /// Memory summed over the processes; `None` if one cannot be read.
+    pub fn mem(&self) -> Option<procfs::Mem> {
+        if self.is_empty() {
+            return None;
+        }
+        self.all().try_fold(procfs::Mem::default(), |sum, pid| {
+            let m = procfs::mem(pid).ok()?;
+            Some(procfs::Mem {
+                rss_kib: sum.rss_kib + m.rss_kib,
+                hwm_kib: sum.hwm_kib + m.hwm_kib,
+                threads: sum.threads + m.threads,
+            })
+        })
+    }
+}
+
+/// CPU used by the server's processes (if known) and by this generator, and time their
+/// threads spent runnable but waiting for a CPU (other load on the machine).
+#[derive(Clone)]
 struct Usage {
-    server_cpu: Option<f64>,
+    /// Each process's CPU seconds, in [`Watched::all`]'s order.
+    server_cpu: Option<Vec<f64>>,
     server_wait_ns: Option<u64>,
     gen_cpu: f64,
     gen_wait_ns: u64,
 }
 
-fn usage(server: Option<u32>) -> Usage {
+fn usage(server: &Watched) -> Usage {
     let me = std::process::id();
+    let some = !server.is_empty();
     Usage {
-        server_cpu: server.and_then(|p| procfs::cpu_seconds(p).ok()),
-        server_wait_ns: server.and_then(|p| procfs::sched_ns(p).ok()).map(|s| s.1),
+        server_cpu: some
+            .then(|| server.all().map(|p| procfs::cpu_seconds(p).ok()).collect())
+            .flatten(),
+        server_wait_ns: some
+            .then(|| {
+                server
+                    .all()
+                    .map(|p| procfs::sched_ns(p).ok().map(|s| s.1))
+                    .sum()
+            })
+            .flatten(),
         gen_cpu: procfs::cpu_seconds(me).unwrap_or(0.0),
         gen_wait_ns: procfs::sched_ns(me).map_or(0, |s| s.1),
     }
@@ -475,18 +556,18 @@ fn usage(server: Option<u32>) -> Usage {
 pub struct Window {
     from: Instant,
     to: Instant,
-    pid: Option<u32>,
+    server: Watched,
     start: Option<(Instant, Usage)>,
     end: Option<(Instant, Usage)>,
 }
 
 impl Window {
-    pub fn new(warmup: Duration, duration: Duration, pid: Option<u32>) -> Window {
+    pub fn new(warmup: Duration, duration: Duration, server: Watched) -> Window {
         let from = Instant::now() + warmup;
         Window {
             from,
             to: from + duration,
-            pid,
+            server,
             start: None,
             end: None,
         }
@@ -496,10 +577,10 @@ impl Window {
     pub fn tick(&mut self) -> bool {
         let now = Instant::now();
         if self.start.is_none() && now >= self.from {
-            self.start = Some((now, usage(self.pid)));
+            self.start = Some((now, usage(&self.server)));
         }
         if self.end.is_none() && now >= self.to {
-            self.end = Some((now, usage(self.pid)));
+            self.end = Some((now, usage(&self.server)));
         }
         self.start.is_some() && self.end.is_none()
     }
@@ -515,25 +596,43 @@ impl Window {
 
     /// Measured seconds.
     pub fn secs(&self) -> f64 {
-        match (self.start, self.end) {
+        match (&self.start, &self.end) {
             (Some(a), Some(b)) => (b.0 - a.0).as_secs_f64(),
             _ => (self.to - self.from).as_secs_f64(),
         }
     }
 
-    /// Utilisation over the window; `work` operations give the server's cost of one.
+    /// Utilisation over the window; `work` operations give the server's cost of one. A
+    /// cluster's figures are its processes' summed; `procs_cpu_pct` then lists each one's (the
+    /// nodes, then the bus), and `bus_*` the bus's own.
     pub fn report(&self, r: &mut Report, work: f64) {
-        let (Some((_, a)), Some((_, b))) = (self.start, self.end) else {
+        let (Some((_, a)), Some((_, b))) = (&self.start, &self.end) else {
             return;
         };
         let secs = self.secs();
         let pct = |v: f64| format!("{:.1}", 100.0 * v / secs);
         r.put("duration_s", format!("{secs:.3}"));
-        if let (Some(x), Some(y)) = (a.server_cpu, b.server_cpu) {
-            r.put("server_cpu_s", format!("{:.3}", y - x))
-                .put("server_cpu_pct", pct(y - x));
+        if let (Some(x), Some(y)) = (&a.server_cpu, &b.server_cpu) {
+            let each: Vec<f64> = x.iter().zip(y).map(|(x, y)| y - x).collect();
+            let total: f64 = each.iter().sum();
+            r.put("server_cpu_s", format!("{total:.3}"))
+                .put("server_cpu_pct", pct(total));
             if work > 0.0 {
-                r.put("server_ns_per_op", format!("{:.0}", (y - x) * 1e9 / work));
+                r.put("server_ns_per_op", format!("{:.0}", total * 1e9 / work));
+            }
+            if each.len() > 1 {
+                let list: Vec<String> = each.iter().map(|&c| pct(c)).collect();
+                r.put("server_procs", each.len())
+                    .put("procs_cpu_pct", list.join("/"));
+            }
+            if let (Some(_), Some(&bus)) = (self.server.bus, each.last()) {
+                r.put("bus_cpu_pct", pct(bus));
+                if work > 0.0 {
+                    r.put("bus_ns_per_op", format!("{:.0}", bus * 1e9 / work));
+                }
+                if total > 0.0 {
+                    r.put("bus_share_pct", format!("{:.1}", 100.0 * bus / total));
+                }
             }
         }
         if let (Some(x), Some(y)) = (a.server_wait_ns, b.server_wait_ns) {
@@ -556,7 +655,9 @@ pub fn put_latency(r: &mut Report, prefix: &str, h: &Histogram) {
 }
 
 /// Connects `n` clients and runs barrier rounds until every one has received a broadcast.
-/// The joined clients get slab keys 0..n.
+/// The joined clients get slab keys 0..n. Spread over several servers, the first client of
+/// each server takes its turn to probe, and a client is ready once it has received the probe
+/// of every server's prober but its own: every node's broadcasts reach it.
 pub fn join(
     g: &mut Gen,
     n: usize,
@@ -567,6 +668,16 @@ pub fn join(
     let deadline = start + timeout;
     let (mut opened, mut established, mut ready_count) = (0, 0, 0);
     let mut ready = vec![false; n];
+    let probers = g.servers().clamp(2, 63).min(n);
+    // Probers each client still has to hear from (bit p: client p's probes); alone, any one.
+    let everyone = if g.servers() > 1 {
+        (1u64 << probers) - 1
+    } else {
+        0
+    };
+    let mut waiting: Vec<u64> = (0..n)
+        .map(|c| everyone & !(1u64.checked_shl(c as u32).unwrap_or(0)))
+        .collect();
     let mut round = 0u32;
     let mut next_probe = start;
     let mut last_batch = start;
@@ -574,7 +685,12 @@ pub fn join(
         let now = Instant::now();
         if now > deadline {
             return Err(format!(
-                "join timed out: {established} of {n} connected, {ready_count} received a broadcast"
+                "join timed out: {established} of {n} connected, {ready_count} received {}",
+                if everyone == 0 {
+                    "a broadcast"
+                } else {
+                    "a broadcast from every server"
+                }
             ));
         }
         let silent = now >= last_batch + SILENT_PACE;
@@ -585,8 +701,8 @@ pub fn join(
             opened += 1;
         }
         if established == n && now >= next_probe {
-            // Probes alternate between two clients so that each of them is proven too.
-            let from = (round % 2) as usize;
+            // Probes alternate between clients so that each of them is proven too.
+            let from = round as usize % probers;
             g.send(
                 from,
                 &Msg {
@@ -607,8 +723,11 @@ pub fn join(
             match ev {
                 Ev::Connected => established += 1,
                 Ev::Msg(m, _) if m.kind == Kind::Barrier && key < n && !ready[key] => {
-                    ready[key] = true;
-                    ready_count += 1;
+                    waiting[key] &= !(1u64.checked_shl(m.sender).unwrap_or(0));
+                    if waiting[key] == 0 {
+                        ready[key] = true;
+                        ready_count += 1;
+                    }
                 }
                 Ev::Msg(..) => {}
                 Ev::Closed => {

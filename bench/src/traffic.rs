@@ -1,7 +1,10 @@
 //! The measured messages of the throughput and flood workloads: S senders each keep at most W
-//! messages in flight (sent but not yet received by every other receiver still connected), and
-//! every receiver checks each sender's sequence: lost (a gap that never filled), reordered (a
-//! gap filled later), duplicated.
+//! messages in flight (sent but not yet received, nor skipped past, by every other receiver
+//! still connected), and every receiver checks each sender's sequence: lost (a gap that never
+//! filled), reordered (a gap filled later), duplicated. A message lost on the way is counted
+//! and the sender goes on: it is not waited for. A gap shows once a later message arrives; with
+//! [`Traffic::give_up_after`], a message in flight too long counts as lost too (nothing may
+//! come after it: its sender waits for it).
 
 use crate::generator::{Ev, Gen};
 use crate::stats::Histogram;
@@ -27,6 +30,12 @@ pub struct Traffic {
     next_seq: Vec<u32>,
     acked: Vec<u32>,
     ring: Vec<u32>,
+    /// Per sender and slot: when the message in it was sent (ns, the generator's clock).
+    sent_at: Vec<u64>,
+    /// In flight longer than this (ns), a message counts as lost for those who lack it.
+    give_up: Option<u64>,
+    /// Messages given up on: some receiver did not get them in time.
+    pub given_up: u64,
     /// Receivers whose connection has not ended.
     live: Vec<bool>,
     live_count: u32,
@@ -54,6 +63,9 @@ impl Traffic {
             next_seq: vec![0; s],
             acked: vec![0; s],
             ring: vec![0; s * w],
+            sent_at: vec![0; s * w],
+            give_up: None,
+            given_up: 0,
             live: vec![true; n],
             live_count: n as u32,
             dup: 0,
@@ -64,6 +76,15 @@ impl Traffic {
             completed: 0,
             hist: Histogram::default(),
         }
+    }
+
+    /// A message still missing at some receivers `limit` after it was sent counts as lost there
+    /// (and as reordered if it turns up after all), and its sender goes on. Without this, a
+    /// message lost after a sender's last one stays in flight, and with W of them lost (a link
+    /// cut for a while) the sender stops for good: they end as undelivered.
+    pub fn give_up_after(mut self, limit: Duration) -> Traffic {
+        self.give_up = Some(limit.as_nanos() as u64);
+        self
     }
 
     /// Receipts that complete a message of sender `si`: every other receiver still connected.
@@ -86,6 +107,7 @@ impl Traffic {
                     sent_ns,
                 };
                 g.send(i, &msg, self.size);
+                self.sent_at[i * self.w + msg.seq as usize % self.w] = sent_ns;
                 self.next_seq[i] += 1;
             }
         }
@@ -109,7 +131,36 @@ impl Traffic {
                 Ev::Closed => ended.push(r),
             }
         }
+        if let Some(limit) = self.give_up {
+            self.expire(g.now_ns(), limit, measuring);
+        }
         Ok(ended)
+    }
+
+    /// Gives up on every sender's oldest messages sent more than `limit` ns before `now`: the
+    /// receivers still connected that lack one count it missing (lost), and it is settled.
+    pub fn expire(&mut self, now: u64, limit: u64, measuring: bool) {
+        for si in 0..self.s {
+            while self.acked[si] < self.next_seq[si] {
+                let q = self.acked[si];
+                let slot = si * self.w + q as usize % self.w;
+                if now.saturating_sub(self.sent_at[slot]) <= limit {
+                    break;
+                }
+                // Every receiver has settled what comes before q: one that lacks q expects it
+                // next.
+                for r in (0..self.n).filter(|&r| r != si && self.live[r]) {
+                    let t = &mut self.tracks[r * self.s + si];
+                    if t.next == q {
+                        t.missing.push(q);
+                        t.next = q + 1;
+                    }
+                }
+                self.given_up += 1;
+                self.ring[slot] = self.needed(si);
+                self.advance(si, measuring);
+            }
+        }
     }
 
     /// Every message sent has reached every receiver still connected.
@@ -129,25 +180,39 @@ impl Traffic {
             return;
         }
         let t = &mut self.tracks[r * self.s + si];
+        let skipped = t.next..m.seq.max(t.next);
         if m.seq >= t.next {
-            t.missing.extend(t.next..m.seq);
+            t.missing.extend(skipped.clone());
             t.next = m.seq + 1;
         } else if let Some(pos) = t.missing.iter().position(|&q| q == m.seq) {
+            // Its slot was settled when it was skipped.
             t.missing.swap_remove(pos);
             self.reordered += 1;
+            self.record(at, m.sent_ns, measuring);
+            return;
         } else {
             self.dup += 1;
             return;
         }
-        let need = self.needed(si);
-        let slot = &mut self.ring[si * self.w + m.seq as usize % self.w];
-        *slot += 1;
-        if *slot >= need && m.seq == self.acked[si] {
+        // A skipped message settles this receiver's part of it: lost unless it turns up later
+        // (then reordered), and either way no reason to stop the sender. A message lost on the
+        // way (a cluster's bus drops, it does not resend) is then counted, not waited for.
+        // Skipped sequences are in flight: this receiver had not settled them, so the sender
+        // could not have moved past them, and they are fewer than W.
+        for q in skipped.chain(std::iter::once(m.seq)) {
+            self.ring[si * self.w + q as usize % self.w] += 1;
+        }
+        let oldest = self.ring[si * self.w + self.acked[si] as usize % self.w];
+        if oldest >= self.needed(si) {
             self.advance(si, measuring);
         }
+        self.record(at, m.sent_ns, measuring);
+    }
+
+    fn record(&mut self, at: u64, sent_ns: u64, measuring: bool) {
         if measuring {
             self.deliveries += 1;
-            self.hist.record(at.saturating_sub(m.sent_ns));
+            self.hist.record(at.saturating_sub(sent_ns));
         }
     }
 
@@ -166,7 +231,7 @@ impl Traffic {
     }
 
     /// Receiver `r`'s connection ended: messages in flight no longer wait for it, so their
-    /// receipts are counted again over the receivers left.
+    /// receipts (and skips) are counted again over the receivers left.
     pub fn receiver_gone(&mut self, r: usize, measuring: bool) {
         if r >= self.n || !self.live[r] {
             return;
@@ -177,10 +242,7 @@ impl Traffic {
             for seq in self.acked[si]..self.next_seq[si] {
                 let got = (0..self.n)
                     .filter(|&q| q != si && self.live[q])
-                    .filter(|&q| {
-                        let t = &self.tracks[q * self.s + si];
-                        seq < t.next && !t.missing.contains(&seq)
-                    })
+                    .filter(|&q| seq < self.tracks[q * self.s + si].next)
                     .count();
                 self.ring[si * self.w + seq as usize % self.w] = got as u32;
             }
@@ -206,5 +268,77 @@ impl Traffic {
             .flat_map(|r| (0..s).filter(move |&si| si != r).map(move |si| (r, si)))
             .map(|(r, si)| u64::from(self.next_seq[si] - self.tracks[r * s + si].next))
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u32) -> Msg {
+        Msg {
+            kind: Kind::Data,
+            sender: 0,
+            seq,
+            sent_ns: 0,
+        }
+    }
+
+    #[test]
+    fn a_lost_message_is_counted_and_does_not_stall_its_sender() {
+        // One sender (client 0), two receivers, four messages sent.
+        let mut t = Traffic::new(3, 1, 4, 64);
+        t.next_seq[0] = 4;
+        for seq in 0..4 {
+            t.receive(1, msg(seq), 10, true);
+        }
+        for seq in [0, 2, 3] {
+            t.receive(2, msg(seq), 10, true);
+        }
+        assert_eq!((t.lost(), t.acked[0]), (1, 4), "settled past the gap");
+        assert!(t.drained());
+        assert_eq!(t.deliveries, 7);
+        assert_eq!(t.undelivered(), 0);
+        // It turns up after all: reordered, not lost, and counted once.
+        t.receive(2, msg(1), 10, true);
+        assert_eq!((t.lost(), t.reordered, t.dup, t.deliveries), (0, 1, 0, 8));
+        t.receive(2, msg(1), 10, true);
+        assert_eq!(t.dup, 1);
+    }
+
+    #[test]
+    fn a_message_lost_at_the_end_stays_in_flight() {
+        // Nothing after it shows the gap: the sender waits, and the run reports it undelivered.
+        let mut t = Traffic::new(3, 1, 4, 64);
+        t.next_seq[0] = 2;
+        t.receive(1, msg(0), 10, true);
+        t.receive(1, msg(1), 10, true);
+        t.receive(2, msg(0), 10, true);
+        assert_eq!((t.acked[0], t.undelivered(), t.lost()), (1, 1, 0));
+        assert!(!t.drained());
+        // Its receiver leaves: nothing waits for it any more.
+        t.receiver_gone(2, true);
+        assert!(t.drained());
+    }
+
+    #[test]
+    fn a_message_in_flight_too_long_is_given_up_as_lost() {
+        // A link cut for a while: receiver 2 never gets messages 1 and 2, and nothing after
+        // them shows the gap.
+        let mut t = Traffic::new(3, 1, 4, 64).give_up_after(Duration::from_secs(5));
+        t.next_seq[0] = 3;
+        for seq in 0..3 {
+            t.receive(1, msg(seq), 10, true);
+        }
+        t.receive(2, msg(0), 10, true);
+        t.expire(4_000_000_000, 5_000_000_000, true);
+        assert_eq!((t.acked[0], t.given_up), (1, 0), "not yet");
+        t.expire(6_000_000_000, 5_000_000_000, true);
+        assert_eq!((t.acked[0], t.given_up, t.lost()), (3, 2, 2));
+        assert!(t.drained());
+        assert_eq!(t.undelivered(), 0);
+        // One turns up after all: reordered, as a late gap.
+        t.receive(2, msg(2), 10, true);
+        assert_eq!((t.lost(), t.reordered), (1, 1));
     }
 }

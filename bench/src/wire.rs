@@ -57,11 +57,19 @@ impl Msg {
                 [b'@', b'@', b'C', ..] => Kind::Churn,
                 _ => continue,
             };
+            // Not hex after all (some name or text that looks like a marker): look further.
+            let (Some(sender), Some(seq), Some(sent_ns)) = (
+                parse_hex(&f[3..11]),
+                parse_hex(&f[11..19]),
+                parse_hex(&f[19..35]),
+            ) else {
+                continue;
+            };
             return Some(Msg {
                 kind,
-                sender: parse_hex(&f[3..11])? as u32,
-                seq: parse_hex(&f[11..19])? as u32,
-                sent_ns: parse_hex(&f[19..35])?,
+                sender: sender as u32,
+                seq: seq as u32,
+                sent_ns,
             });
         }
     }
@@ -224,6 +232,41 @@ mod tests {
         let mut odd = b"x@y@".to_vec();
         m.encode(40, &mut odd);
         assert_eq!(Msg::find(&odd), Some(m));
+        // A false marker before the real one does not hide it.
+        let mut fake = b"@@Dnot-hex-at-all-but-long-enough-to-parse ".to_vec();
+        m.encode(40, &mut fake);
+        assert_eq!(Msg::find(&fake), Some(m));
+    }
+
+    #[test]
+    fn finds_payloads_of_authors_named_by_their_node() {
+        // A cluster's nodes name clients `guest7@a` (no JetStream) or `alice@b`; in other rooms
+        // lines start with the room; a history replay with its time.
+        let m = Msg {
+            kind: Kind::Data,
+            sender: 4,
+            seq: 17,
+            sent_ns: 99,
+        };
+        for prefix in [
+            "guest7@a: ",
+            "alice@b: ",
+            "[#lobby] guest12@node-2: ",
+            "[history 12:00:00] guest3@d: ",
+            "x@@D@: ",
+        ] {
+            let mut line = prefix.as_bytes().to_vec();
+            m.encode(64, &mut line);
+            assert_eq!(Proto::Line.classify(&line), Incoming::Msg(m), "{prefix}");
+        }
+        assert_eq!(
+            Proto::Line.classify(b"[SERVER] Node a: rooms shared through nats://127.0.0.1:4222; names here end with @a"),
+            Incoming::Other
+        );
+        assert_eq!(
+            Proto::Line.classify(b"[SERVER] 3 messages from node b were lost on the bus"),
+            Incoming::Other
+        );
     }
 
     #[test]

@@ -7,11 +7,16 @@
 //! any run fails.
 //!
 //! The room flood (`loadgen --workload flood`) runs against loopchat only, with loopchat's own
-//! defaults: it is an attack on the server's flow control, judged by the issue's criteria.
+//! defaults: it is an attack on the server's flow control, judged by its own criteria (flood.rs).
 //!
 //! `loopchat-ws` and `loopchat-tls` are the same loopchat under other clients, WebSocket
 //! clients and line clients through TLS (with a certificate made for the run), measured where
 //! they differ from plain line clients: fan-out and idle memory.
+//!
+//! `loopchat-1node` and `loopchat-2nodes` are loopchat as a cluster (`--nats`): one or two
+//! nodes behind a nats-server of their own (started for each run, pinned with them to core 0),
+//! the generator's clients spread over the nodes, the server's CPU and memory summed over the
+//! nodes and nats-server. Measured in fan-out and idle memory; skipped without nats-server.
 
 use loopchat_bench::json::Json;
 use loopchat_bench::svg::Plot;
@@ -39,13 +44,20 @@ const LOOPCHAT_FLAGS: &[(&str, Option<&str>)] = &[
     ("--max-clients", Some("20000")),
     ("--port", Some("0")),
 ];
+/// nats-server's flags, as a baseline and as a cluster's bus: loopback, and a free port it
+/// picks and logs (-1). No JetStream: a cluster's names are then qualified by their node.
+const NATS_FLAGS: [&str; 4] = ["-a", "127.0.0.1", "-p", "-1"];
+/// The nodes of a cluster, in order.
+const NODE_NAMES: [&str; 8] = ["a", "b", "c", "d", "e", "f", "g", "h"];
+/// How long a cluster's nodes may take to link up through the bus.
+const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 /// loopchat's flags for the room flood: its defaults, as a user runs it (no console: stdin is
 /// not a terminal here).
 const FLOOD_FLAGS: [&str; 3] = ["--port", "0", "--no-console"];
 /// How to build what the driver runs.
 const BUILD: &str = "cargo build --release -p loopchat-bench --bins";
 const BASELINES: [&str; 3] = ["min-broadcaster", "threaded-server", "tokio-server"];
-/// The comparison point of issue 4's targets.
+/// The comparison point of the benchmark's targets (see `verdicts`).
 const TARGET_N: usize = 1000;
 
 struct Cfg {
@@ -82,7 +94,7 @@ struct FloodSize {
     never: usize,
 }
 
-/// The issue's attack, and a small one for the smoke test.
+/// The attack at full size, and a small one for the smoke test.
 const FLOOD_FULL: FloodSize = FloodSize {
     readers: 500,
     senders: 10,
@@ -127,7 +139,13 @@ struct Server {
     program: PathBuf,
     /// Settled on the first start: loopchat's flags minus any it rejected.
     args: Vec<String>,
+    /// loopchat as a cluster: this many nodes behind the nats-server `bus` (0: alone).
+    nodes: usize,
+    bus: Option<PathBuf>,
 }
+
+/// The cluster entries: name and nodes.
+const CLUSTERS: [(&str, usize); 2] = [("loopchat-1node", 1), ("loopchat-2nodes", 2)];
 
 /// A self-signed certificate for 127.0.0.1 and localhost (rcgen: ECDSA P-256), in PEM files of
 /// a directory of its own, removed when dropped.
@@ -189,7 +207,7 @@ fn parse_cfg() -> Cfg {
         "output directory (docs/bench; quick: a temporary directory)",
         "DIR",
     );
-    o.optopt("", "servers", "comma-separated subset of loopchat,loopchat-ws,loopchat-tls,min-broadcaster,threaded-server,tokio-server,nats-server", "LIST");
+    o.optopt("", "servers", "comma-separated subset of loopchat,loopchat-ws,loopchat-tls,loopchat-1node,loopchat-2nodes,min-broadcaster,threaded-server,tokio-server,nats-server", "LIST");
     o.optopt(
         "",
         "loopchat",
@@ -274,6 +292,7 @@ fn parse_cfg() -> Cfg {
         Some(s) => s.split(',').map(str::to_string).collect(),
         None => ["loopchat", "loopchat-ws", "loopchat-tls"]
             .iter()
+            .chain(&CLUSTERS.map(|(name, _)| name))
             .chain(&BASELINES)
             .chain(&["nats-server"])
             .map(|s| s.to_string())
@@ -281,10 +300,21 @@ fn parse_cfg() -> Cfg {
     };
     let mut servers = Vec::new();
     for name in wanted {
+        let nodes = CLUSTERS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |&(_, nodes)| nodes);
+        if nodes > 0 && nats.as_ref().is_none_or(|p| !p.is_file()) {
+            eprintln!(
+                "bench: skipping {name}: its bus is nats-server, not installed (Debian package nats-server)"
+            );
+            continue;
+        }
         let (flavor, program) = match name.as_str() {
             "loopchat" | "loopchat-ws" | "loopchat-tls" => {
                 (Flavor::Loopchat, Some(loopchat.clone()))
             }
+            _ if nodes > 0 => (Flavor::Loopchat, Some(loopchat.clone())),
             "nats-server" => (Flavor::Nats, nats.clone()),
             b if BASELINES.contains(&b) => (Flavor::Baseline, Some(bin_dir.join(b))),
             other => usage(&format!("unknown server {other}")),
@@ -300,6 +330,8 @@ fn parse_cfg() -> Cfg {
                 flavor,
                 program,
                 args: Vec::new(),
+                nodes,
+                bus: (nodes > 0).then(|| nats.clone()).flatten(),
             }),
             // The baselines are part of this package: missing means not built, not optional.
             None if flavor == Flavor::Baseline => usage(&format!(
@@ -310,7 +342,7 @@ fn parse_cfg() -> Cfg {
                 eprintln!("bench: skipping nats-server: not installed (Debian package nats-server)")
             }
             None => eprintln!(
-                "bench: skipping loopchat: not found (cargo build --release --bin loopchat-server)"
+                "bench: skipping {name}: loopchat-server not found (cargo build --release --bin loopchat-server)"
             ),
         }
     }
@@ -330,6 +362,8 @@ fn parse_cfg() -> Cfg {
             flavor: Flavor::Loopchat,
             program: before,
             args: Vec::new(),
+            nodes: 0,
+            bus: None,
         };
         servers.insert(at, server);
     }
@@ -432,8 +466,13 @@ impl Running {
         self.child.id()
     }
 
-    /// SIGTERM, then SIGKILL after 3 s; only ever this child, by PID.
+    /// Stops it now (as dropping it does, on every path out of a run).
     fn stop(mut self) {
+        self.halt();
+    }
+
+    /// SIGTERM, then SIGKILL after 3 s; only ever this child, by PID.
+    fn halt(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             // SAFETY: plain kill(2) on the PID of a child we have not reaped yet.
             unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
@@ -447,6 +486,12 @@ impl Running {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 
@@ -523,14 +568,213 @@ fn start(cfg: &Cfg, program: &Path, args: &[String]) -> Result<Running, (Option<
     Err((code, format!("{failure}: {}", tail.join(" | "))))
 }
 
-/// Starts a server; the first time, settles its arguments (dropping loopchat flags it rejects).
-fn start_server(cfg: &Cfg, s: &mut Server) -> Result<Running, String> {
+/// What a run measures: a server alone, or a cluster's nodes and the bus between them. Every
+/// process stops when this is dropped, the nodes first.
+struct Started {
+    nodes: Vec<Running>,
+    bus: Option<Running>,
+}
+
+impl Started {
+    fn stop(mut self) {
+        for node in self.nodes.drain(..) {
+            node.stop();
+        }
+        if let Some(bus) = self.bus.take() {
+            bus.stop();
+        }
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        // Nodes first: each says goodbye on the bus as it shuts down.
+        self.nodes.clear();
+        self.bus = None;
+    }
+}
+
+/// Starts a server, or a cluster: its nats-server, then its nodes, and waits until every node
+/// is linked through the bus.
+fn start_server(cfg: &Cfg, s: &mut Server) -> Result<Started, String> {
+    let Some(program) = s.bus.clone().filter(|_| s.nodes > 0) else {
+        return start_one(cfg, s, &[]).map(|r| Started {
+            nodes: vec![r],
+            bus: None,
+        });
+    };
+    let nats_args = NATS_FLAGS.map(String::from);
+    let bus = start(cfg, &program, &nats_args).map_err(|(_, why)| format!("the bus: {why}"))?;
+    let mut started = Started {
+        nodes: Vec::new(),
+        bus: Some(bus),
+    };
+    let port = started.bus.as_ref().map_or(0, |b| b.port);
+    // Listening before any node starts, it hears each one's first presence.
+    let mut watch = BusWatch::connect(port).map_err(|e| format!("the bus: {e}"))?;
+    let names = &NODE_NAMES[..s.nodes.min(NODE_NAMES.len())];
+    for node in names {
+        let extra = [
+            "--nats".to_string(),
+            format!("nats://127.0.0.1:{port}"),
+            "--node".into(),
+            node.to_string(),
+        ];
+        let r = start_one(cfg, s, &extra).map_err(|e| format!("node {node}: {e}"))?;
+        started.nodes.push(r);
+    }
+    watch
+        .wait_for(names, Instant::now() + LINK_TIMEOUT)
+        .map_err(|e| format!("the nodes did not link through the bus: {e}"))?;
+    Ok(started)
+}
+
+/// A NATS client of a cluster's bus listening to the nodes' presence. A node publishes its
+/// presence as soon as its link is up, after its subscriptions: once every node has been heard,
+/// a line said on any node reaches the others. (The transcript's `[SERVER] Node a: rooms
+/// shared through ...` says the same, but the benchmark's nodes run with `-q`: without it they
+/// would print every chat line.)
+struct BusWatch {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl BusWatch {
+    fn connect(port: u16) -> Result<BusWatch, String> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .and_then(|s| {
+                s.set_read_timeout(Some(Duration::from_millis(50)))
+                    .map(|_| s)
+            })
+            .map_err(|e| e.to_string())?;
+        let mut w = BusWatch {
+            stream,
+            buf: Vec::new(),
+        };
+        w.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"bench\"}\r\nSUB loopchat.presence.> 1\r\nPING\r\n")?;
+        // The PONG: the subscription is in place.
+        let mut ponged = false;
+        w.read_until(Instant::now() + Duration::from_secs(5), |op| {
+            ponged |= op == BusOp::Pong;
+            ponged
+        })?;
+        Ok(w)
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        use std::io::Write;
+        self.stream.write_all(bytes).map_err(|e| e.to_string())
+    }
+
+    /// Waits until every node in `nodes` has published its presence.
+    fn wait_for(&mut self, nodes: &[&str], deadline: Instant) -> Result<(), String> {
+        let mut heard = vec![false; nodes.len()];
+        let done = self.read_until(deadline, |op| {
+            if let BusOp::Msg(subject) = op
+                && let Some(node) = subject.strip_prefix("loopchat.presence.")
+                && let Some(i) = nodes.iter().position(|n| *n == node)
+            {
+                heard[i] = true;
+            }
+            heard.iter().all(|&h| h)
+        });
+        done.map_err(|e| {
+            let missing: Vec<&str> = nodes
+                .iter()
+                .zip(&heard)
+                .filter(|(_, h)| !**h)
+                .map(|(n, _)| *n)
+                .collect();
+            format!("{e}; not heard from node {}", missing.join(", "))
+        })
+    }
+
+    /// Reads operations (answering pings) until `f` is satisfied or the deadline passes.
+    fn read_until(
+        &mut self,
+        deadline: Instant,
+        mut f: impl FnMut(BusOp) -> bool,
+    ) -> Result<(), String> {
+        let mut chunk = [0u8; 16384];
+        loop {
+            while let Some((op, used)) = BusOp::parse(&self.buf)? {
+                self.buf.drain(..used);
+                if op == BusOp::Ping {
+                    self.send(b"PONG\r\n")?;
+                }
+                if f(op) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("timed out".into());
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err("the bus closed the connection".into()),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// What the bus says to [`BusWatch`], as far as it cares.
+#[derive(Debug, PartialEq, Eq)]
+enum BusOp {
+    /// A message on this subject (its payload skipped).
+    Msg(String),
+    Ping,
+    Pong,
+    Other,
+}
+
+impl BusOp {
+    /// The first complete operation in `buf` and the bytes it takes; `None` until one is.
+    fn parse(buf: &[u8]) -> Result<Option<(BusOp, usize)>, String> {
+        let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let line = String::from_utf8_lossy(&buf[..end]);
+        let mut words = line.split_whitespace();
+        let op = match words.next().unwrap_or("") {
+            "MSG" => {
+                let words: Vec<&str> = words.collect();
+                let (Some(subject), Some(len)) = (words.first(), words.last()) else {
+                    return Err(format!("bad MSG: {line}"));
+                };
+                let len: usize = len.parse().map_err(|_| format!("bad MSG: {line}"))?;
+                let used = end + 2 + len + 2;
+                if buf.len() < used {
+                    return Ok(None);
+                }
+                return Ok(Some((BusOp::Msg(subject.to_string()), used)));
+            }
+            "PING" => BusOp::Ping,
+            "PONG" => BusOp::Pong,
+            "-ERR" => return Err(line.into_owned()),
+            _ => BusOp::Other,
+        };
+        Ok(Some((op, end + 2)))
+    }
+}
+
+/// Starts one loopchat (with `extra` flags after its own), or a baseline, or nats-server; the
+/// first time, settles its arguments (dropping loopchat flags it rejects).
+fn start_one(cfg: &Cfg, s: &mut Server, extra: &[String]) -> Result<Running, String> {
     if s.args.is_empty() {
         let mut flags: Vec<(&str, Option<&str>)> = match s.flavor {
             Flavor::Loopchat => LOOPCHAT_FLAGS.to_vec(),
             Flavor::Baseline => vec![("--port", Some("0"))],
             // -1: NATS picks a free port and logs it.
-            Flavor::Nats => vec![("-a", Some("127.0.0.1")), ("-p", Some("-1"))],
+            Flavor::Nats => NATS_FLAGS.chunks(2).map(|f| (f[0], Some(f[1]))).collect(),
         };
         if s.clients == Clients::Tls {
             let cert = cfg.cert.as_ref().expect("made for loopchat-tls at start");
@@ -544,7 +788,8 @@ fn start_server(cfg: &Cfg, s: &mut Server) -> Result<Running, String> {
                 .collect()
         };
         loop {
-            match start(cfg, &s.program, &args(&flags)) {
+            let all: Vec<String> = args(&flags).into_iter().chain(extra.to_vec()).collect();
+            match start(cfg, &s.program, &all) {
                 Ok(r) => {
                     s.args = args(&flags);
                     return Ok(r);
@@ -575,7 +820,8 @@ fn start_server(cfg: &Cfg, s: &mut Server) -> Result<Running, String> {
             }
         }
     }
-    start(cfg, &s.program, &s.args).map_err(|(_, why)| why)
+    let all: Vec<String> = s.args.iter().chain(extra).cloned().collect();
+    start(cfg, &s.program, &all).map_err(|(_, why)| why)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -691,7 +937,12 @@ fn run_one(cfg: &Cfg, s: &mut Server, w: Workload, n: usize) -> Run {
         fields: Vec::new(),
     };
     let started = if w == Workload::Flood {
-        start(cfg, &s.program, &FLOOD_FLAGS.map(String::from)).map_err(|(_, why)| why)
+        start(cfg, &s.program, &FLOOD_FLAGS.map(String::from))
+            .map(|r| Started {
+                nodes: vec![r],
+                bus: None,
+            })
+            .map_err(|(_, why)| why)
     } else {
         start_server(cfg, s)
     };
@@ -708,11 +959,35 @@ fn run_one(cfg: &Cfg, s: &mut Server, w: Workload, n: usize) -> Run {
     } else {
         cfg.duration
     };
-    let mut args: Vec<String> = vec![
-        "--port".into(),
-        server.port.to_string(),
-        "--server-pid".into(),
-        server.pid().to_string(),
+    let list = |v: Vec<String>| v.join(",");
+    let mut args: Vec<String> = if s.nodes == 0 {
+        let one = &server.nodes[0];
+        vec![
+            "--port".into(),
+            one.port.to_string(),
+            "--server-pid".into(),
+            one.pid().to_string(),
+        ]
+    } else {
+        // Clients spread over the nodes; CPU and memory summed over them and the bus.
+        let nodes = &server.nodes;
+        let mut args = vec![
+            "--addr".into(),
+            list(
+                nodes
+                    .iter()
+                    .map(|r| format!("127.0.0.1:{}", r.port))
+                    .collect(),
+            ),
+            "--server-pid".into(),
+            list(nodes.iter().map(|r| r.pid().to_string()).collect()),
+        ];
+        if let Some(bus) = &server.bus {
+            args.extend(["--bus-pid".into(), bus.pid().to_string()]);
+        }
+        args
+    };
+    args.extend([
         "--workload".into(),
         w.name().into(),
         "--proto".into(),
@@ -728,7 +1003,7 @@ fn run_one(cfg: &Cfg, s: &mut Server, w: Workload, n: usize) -> Run {
         cfg.warmup.to_string(),
         "--duration".into(),
         duration.to_string(),
-    ];
+    ]);
     match s.clients {
         Clients::Plain => {}
         Clients::Ws => args.push("--ws".into()),
@@ -874,10 +1149,20 @@ fn tables(cfg: &Cfg, runs: &[Run]) -> String {
         s,
         "### Throughput and latency\n\n{} senders, at most {} messages in flight each (until every other client has it), {}-byte messages, {} s measured after {} s warm-up. \
          Deliveries are summed over receivers. Where the generator's CPU is near 100 %, the generator, not the server, set the pace: \
-         compare servers there by server CPU per delivery.\n\n\
+         compare servers there by server CPU per delivery.{}\n\n\
          | server | N | deliveries/s | p50 µs | p99 µs | max µs | lost/dup/reord | server CPU % | server ns/delivery | generator CPU % | server peak RSS MiB | CPU wait % (srv/gen) | status |\n\
          |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
-        cfg.senders, cfg.window, cfg.size, cfg.duration, cfg.warmup
+        cfg.senders,
+        cfg.window,
+        cfg.size,
+        cfg.duration,
+        cfg.warmup,
+        if cfg.servers.iter().any(|s| s.nodes > 0) {
+            " A cluster's server figures (CPU, RSS, CPU wait) are summed over its nodes and nats-server; \
+             they share one core, so most of their wait is for each other."
+        } else {
+            ""
+        }
     );
     for r in of(Workload::Throughput) {
         let g = |k| fmt_num(r.get(k));
@@ -971,7 +1256,7 @@ fn tables(cfg: &Cfg, runs: &[Run]) -> String {
     s
 }
 
-/// Issue 4's targets for loopchat, judged against this run's baselines. Where a point ran
+/// loopchat's targets, judged against this run's baselines. Where a point ran
 /// several times, medians are compared.
 fn verdicts(runs: &[Run]) -> String {
     // loopchat's runs count even when they failed their checks (that is a verdict too);
@@ -981,7 +1266,7 @@ fn verdicts(runs: &[Run]) -> String {
     };
     let tput = |server: &str, key: &str| at(server, Workload::Throughput, Some(TARGET_N), key);
     let mut s = String::from(
-        "### loopchat against the targets of issue 4\n\n| target | measured | verdict |\n|---|---|---|\n",
+        "### loopchat against its targets\n\n| target | measured | verdict |\n|---|---|---|\n",
     );
     // A measurement without a verdict (None) is shown but not judged.
     let mut row = |what: &str, measured: Option<(String, Option<bool>)>| {
@@ -1095,18 +1380,10 @@ fn clients_compared(runs: &[Run]) -> String {
         .then_some(TARGET_N)
         .or(largest(Workload::Throughput));
     let idle_n = largest(Workload::Idle);
-    // Disturbed runs understate a server, and not two servers alike: where a point has runs
-    // that were not disturbed, only those count.
-    let point = |r: &Run| (r.server.clone(), r.workload, r.n);
-    let calm: Vec<_> = runs
-        .iter()
-        .filter(|r| r.ok && !disturbed(r))
-        .map(point)
+    let names: Vec<&str> = std::iter::once("loopchat")
+        .chain(others.iter().map(|(name, _)| *name))
         .collect();
-    let counted: Vec<&Run> = runs
-        .iter()
-        .filter(|r| !disturbed(r) || !calm.contains(&point(r)))
-        .collect();
+    let counted = counted(runs, &names);
     let get = |server: &str, w: Workload, n: Option<usize>, key: &str| {
         n.and_then(|n| median(counted.iter().copied(), server, w, Some(n), key, false))
     };
@@ -1122,8 +1399,8 @@ fn clients_compared(runs: &[Run]) -> String {
     let mut s = format!(
         "### loopchat's clients compared\n\n\
          The same loopchat measured with its plain line clients (`loopchat`) and with other clients; \
-         medians (of the runs not disturbed, where a point has any), and in brackets the ratio to \
-         plain line clients.\n\n\
+         medians (of the runs not disturbed, where every server has some at that point), and in \
+         brackets the ratio to plain line clients.\n\n\
          | clients | deliveries/s (N={}) | server ns/delivery (N={}) | idle RSS per connection, bytes (N={}) |\n\
          |---|--:|--:|--:|\n\
          | line, plain (`loopchat`) | {} | {} | {} |\n",
@@ -1158,6 +1435,169 @@ fn clients_compared(runs: &[Run]) -> String {
         );
     }
     // A blank line before the tables that follow.
+    s.push('\n');
+    s
+}
+
+/// The runs a comparison of `servers` counts. Disturbed runs understate a server, and not two
+/// servers alike: where every server compared has runs of a point that were not disturbed,
+/// only those count; where one of them has none, every run counts for all of them (a calm run
+/// of one against disturbed runs of another would compare the machine's load, not the
+/// servers).
+fn counted<'a>(runs: &'a [Run], servers: &[&str]) -> Vec<&'a Run> {
+    let calm = |server: &str, w: Workload, n: usize| {
+        runs.iter()
+            .any(|r| r.server == server && r.workload == w && r.n == n && r.ok && !disturbed(r))
+    };
+    runs.iter()
+        .filter(|r| {
+            !disturbed(r)
+                || !servers
+                    .iter()
+                    .filter(|s| {
+                        runs.iter()
+                            .any(|q| q.server == **s && q.workload == r.workload)
+                    })
+                    .all(|s| calm(s, r.workload, r.n))
+        })
+        .collect()
+}
+
+/// loopchat alone next to loopchat as a cluster, one node and two behind nats-server: fan-out
+/// at N=1000 (else the largest N the cluster was measured at), the CPU summed over the nodes
+/// and the bus and the bus's share of it, and idle memory at the largest idle N.
+fn cluster_compared(cfg: &Cfg, runs: &[Run]) -> String {
+    let clusters: Vec<(&str, usize)> = CLUSTERS
+        .into_iter()
+        .filter(|(name, _)| runs.iter().any(|r| r.server == *name))
+        .collect();
+    if clusters.is_empty() {
+        return String::new();
+    }
+    let names = &clusters;
+    let of_clusters = |w: Workload| {
+        runs.iter()
+            .filter(move |r| r.workload == w && names.iter().any(|(c, _)| r.server == *c))
+    };
+    let n = of_clusters(Workload::Throughput)
+        .any(|r| r.n == TARGET_N)
+        .then_some(TARGET_N)
+        .or(of_clusters(Workload::Throughput).map(|r| r.n).max());
+    let idle_n = of_clusters(Workload::Idle).map(|r| r.n).max();
+    let compared: Vec<&str> = std::iter::once("loopchat")
+        .chain(clusters.iter().map(|(name, _)| *name))
+        .collect();
+    let counted = counted(runs, &compared);
+    let get = |server: &str, w: Workload, n: Option<usize>, key: &str| {
+        n.and_then(|n| median(counted.iter().copied(), server, w, Some(n), key, false))
+    };
+    let cells = |server: &str| {
+        [
+            get(server, Workload::Throughput, n, "deliveries_per_s"),
+            get(server, Workload::Throughput, n, "p99_us"),
+            get(server, Workload::Throughput, n, "server_ns_per_op"),
+            get(server, Workload::Idle, idle_n, "rss_per_conn_b"),
+        ]
+    };
+    // Every run of the point, not a median: one message lost is one too many.
+    let bad = |server: &str| {
+        let of: Vec<&Run> = runs
+            .iter()
+            .filter(|r| r.server == server && r.workload == Workload::Throughput)
+            .filter(|r| Some(r.n) == n)
+            .collect();
+        let sum = |k: &str| of.iter().filter_map(|r| r.get(k)).sum::<f64>();
+        let failed = of.iter().filter(|r| !r.ok).count();
+        let mut cell = format!(
+            "{}/{}/{}",
+            fmt_num(Some(sum("lost"))),
+            fmt_num(Some(sum("dup"))),
+            fmt_num(Some(sum("reordered")))
+        );
+        if failed > 0 {
+            let _ = write!(cell, " ({failed} of {} runs failed)", of.len());
+        }
+        cell
+    };
+    let alone = cells("loopchat");
+    let at = |n: Option<usize>| n.map_or("–".into(), |n| n.to_string());
+    let cpus = thread::available_parallelism().map_or(1, usize::from);
+    let cores = if cfg.pin {
+        format!(
+            "The nodes and their nats-server share core 0, as one server would have it, and the \
+             generator has core 1 (this machine has {cpus} CPU{}): two nodes here cannot add a \
+             core, so what they show is the cost of the bus and of a second node, not the \
+             capacity a second core would add.",
+            if cpus == 1 { "" } else { "s" }
+        )
+    } else {
+        "Nothing was pinned in this run: the nodes, nats-server and the generator shared the \
+         machine's CPUs as the kernel chose."
+            .to_string()
+    };
+    let mut s = format!(
+        "### One node vs two nodes behind nats-server\n\n\
+         loopchat alone (`loopchat`) and as a cluster (`--nats`): one node, then two, behind a \
+         nats-server of their own (no JetStream), the generator's clients spread round-robin over \
+         the nodes, senders too, so that a line said on one node reaches the other's members \
+         through the bus (one copy per node). The server's CPU per delivery is the nodes' and \
+         nats-server's summed, and nats-server's own is shown beside it; idle memory is summed \
+         the same way. {cores} Medians (of the runs not disturbed, where every server has some at \
+         that point), and in brackets the ratio to `loopchat` alone; lost/dup/reordered are summed over every run.\n\n\
+         | server | deliveries/s (N={}) | p99 µs | server ns/delivery, summed | of which nats-server | lost/dup/reord | idle RSS per connection, bytes (N={}) |\n\
+         |---|--:|--:|--:|--:|--:|--:|\n\
+         | alone, no bus (`loopchat`) | {} | {} | {} | – | {} | {} |\n",
+        at(n),
+        at(idle_n),
+        fmt_num(alone[0]),
+        fmt_num(alone[1]),
+        fmt_num(alone[2]),
+        bad("loopchat"),
+        fmt_num(alone[3]),
+    );
+    let mut bound = Vec::new();
+    for &(name, nodes) in &clusters {
+        let row: Vec<String> = cells(name)
+            .iter()
+            .zip(alone)
+            .map(|(&v, a)| match (v, a) {
+                (Some(v), Some(a)) if a > 0.0 => format!("{} ({:.2}×)", fmt_num(Some(v)), v / a),
+                _ => fmt_num(v),
+            })
+            .collect();
+        let bus = match (
+            get(name, Workload::Throughput, n, "bus_ns_per_op"),
+            get(name, Workload::Throughput, n, "bus_share_pct"),
+        ) {
+            (Some(ns), Some(pct)) => format!("{} ({pct:.0} %)", fmt_num(Some(ns))),
+            (ns, _) => fmt_num(ns),
+        };
+        let what = match nodes {
+            1 => "one node + nats-server".to_string(),
+            2 => "two nodes + nats-server".to_string(),
+            n => format!("{n} nodes + nats-server"),
+        };
+        let _ = writeln!(
+            s,
+            "| {what} (`{name}`) | {} | {} | {} | {bus} | {} | {} |",
+            row[0],
+            row[1],
+            row[2],
+            bad(name),
+            row[3]
+        );
+        if get(name, Workload::Throughput, n, "gen_cpu_pct").is_some_and(|g| g >= 90.0) {
+            bound.push(format!("`{name}`"));
+        }
+    }
+    if !bound.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nThe generator's CPU was at 90 % or more in the fan-out of {}: its deliveries/s may \
+             be a lower bound; server CPU per delivery still compares.",
+            bound.join(" and ")
+        );
+    }
     s.push('\n');
     s
 }
@@ -1255,10 +1695,10 @@ fn main() {
     for &(w, n) in &points {
         for s in servers.iter_mut() {
             // The flood attacks loopchat's own flow control; the baselines have none. WebSocket
-            // and TLS clients are measured where they differ from plain line clients: fan-out
-            // and idle memory.
+            // and TLS clients, and loopchat as a cluster, are measured where they differ from
+            // plain line clients of one loopchat: fan-out and idle memory.
             if (w == Workload::Flood && s.flavor != Flavor::Loopchat)
-                || (s.clients != Clients::Plain
+                || ((s.clients != Clients::Plain || s.nodes > 0)
                     && !matches!(w, Workload::Throughput | Workload::Idle))
             {
                 continue;
@@ -1363,7 +1803,7 @@ fn main() {
     ]);
     let tables = tables(&cfg, &runs);
     let mut verdicts = verdicts(&runs);
-    let compared = clients_compared(&runs);
+    let compared = clients_compared(&runs) + &cluster_compared(&cfg, &runs);
     let measured = runs
         .iter()
         .filter(|r| r.get("gen_wait_pct").is_some())
@@ -1383,7 +1823,7 @@ fn main() {
          (`bench --quick` is the CI smoke test and writes elsewhere).\n\n\
          Machine: {}.\n\nLoad average before/after: {load_before} / {load_after} (the machine is shared: \
          \"CPU wait %\" is the time the server's threads (summed) and the generator were runnable but waiting for their core).\n\n\
-         Every server is pinned to core 0 and the generator (`loadgen`, one mio thread) to core 1 with taskset{}; \
+         Every server is pinned to core 0 and the generator (`loadgen`, one mio thread) to core 1 with taskset{}{}; \
          loopback only; a fresh server per run. The N={TARGET_N} throughput point and churn run {} times each, \
          interleaved across servers; plots and verdicts use medians. Servers:\n\n",
         machine
@@ -1397,10 +1837,30 @@ fn main() {
         } else {
             " (NOT pinned in this run)"
         },
+        if cfg.servers.iter().any(|s| s.nodes > 0) {
+            ", a cluster's nodes and its nats-server all on core 0 together"
+        } else {
+            ""
+        },
         cfg.reps
     );
     for s in &cfg.servers {
         let clients = match s.clients {
+            Clients::Plain if s.nodes > 0 => &format!(
+                " as `{}`: {} behind a nats-server of its own (`{}`, no JetStream, so names \
+                 are qualified by their node: `guest7@a`), started for each run, every node \
+                 with `--nats nats://127.0.0.1:PORT --node {}`; the generator's clients \
+                 spread round-robin over the nodes, senders too; the server's CPU and memory \
+                 are the nodes' and nats-server's summed",
+                s.name,
+                match s.nodes {
+                    1 => "one node".to_string(),
+                    2 => "two nodes".to_string(),
+                    n => format!("{n} nodes"),
+                },
+                NATS_FLAGS.join(" "),
+                NODE_NAMES[..s.nodes.min(NODE_NAMES.len())].join("|"),
+            ),
             Clients::Plain => "",
             Clients::Ws => " as `loopchat-ws`: its clients are WebSocket clients (`loadgen --ws`)",
             Clients::Tls => {
@@ -1488,5 +1948,35 @@ fn main() {
     );
     if !failed.is_empty() {
         exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BusOp;
+
+    #[test]
+    fn the_bus_watch_reads_whole_operations() {
+        let ops = b"INFO {\"a\":1}\r\nMSG loopchat.presence.a 1 5\r\nhe\r\nl\r\nPING\r\nMSG loopchat.presence.b 1 _INBOX.x 0\r\n\r\n";
+        let mut buf = ops.to_vec();
+        let mut seen = Vec::new();
+        while let Some((op, used)) = BusOp::parse(&buf).unwrap() {
+            buf.drain(..used);
+            seen.push(op);
+        }
+        assert!(buf.is_empty());
+        assert_eq!(
+            seen,
+            [
+                BusOp::Other,
+                BusOp::Msg("loopchat.presence.a".into()),
+                BusOp::Ping,
+                BusOp::Msg("loopchat.presence.b".into()),
+            ]
+        );
+        // A payload not all there yet waits.
+        assert_eq!(BusOp::parse(b"MSG s 1 10\r\n12345").unwrap(), None);
+        assert_eq!(BusOp::parse(b"PON").unwrap(), None);
+        assert!(BusOp::parse(b"-ERR 'Authorization Violation'\r\n").is_err());
     }
 }

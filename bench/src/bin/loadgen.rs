@@ -18,9 +18,15 @@
 //!
 //! `--tls --ca FILE`: the throughput and idle workloads' line clients speak through TLS, each
 //! with a full handshake of its own, verifying the server against the certificate in FILE.
+//!
+//! `--addr A --addr B` (or `--addr A,B`): the throughput, idle and churn workloads' clients are
+//! spread round-robin over several servers, the nodes of a cluster (senders too), and each
+//! receiver checks every sender, whichever node it is on. `--server-pid` then lists the nodes
+//! and `--bus-pid` names the bus between them (nats-server): CPU and memory are summed over
+//! them all.
 
 use loopchat_bench::flood::{self, FloodConfig};
-use loopchat_bench::generator::{Ev, Gen, Report, Window, join, put_latency};
+use loopchat_bench::generator::{Ev, Gen, Report, Watched, Window, join, put_latency};
 use loopchat_bench::procfs;
 use loopchat_bench::stats::Histogram;
 use loopchat_bench::tls::Tls;
@@ -46,6 +52,11 @@ const FLOOD_FLAGS: [(&str, &str, &str); 12] = [
     ("seed", "seed of the flood's lines (1)", "N"),
 ];
 
+/// With several servers (a cluster), seconds a message may stay in flight before it counts as
+/// lost: far beyond any latency measured (the slowest, nats-server at N=5000, about 3.6 s), so
+/// it is lost, not slow.
+const GIVE_UP_CLUSTER: f64 = 5.0;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Workload {
     Throughput,
@@ -55,7 +66,8 @@ enum Workload {
 }
 
 struct Opts {
-    addr: SocketAddr,
+    /// Where clients connect, in turn: one server, or a cluster's nodes.
+    addrs: Vec<SocketAddr>,
     proto: Proto,
     /// `--tls`: the line clients' TLS, trusting `--ca`.
     tls: Option<Tls>,
@@ -68,16 +80,26 @@ struct Opts {
     duration: Duration,
     hold: Duration,
     concurrency: usize,
-    server_pid: Option<u32>,
+    /// Throughput: a message in flight this long counts as lost where it has not arrived.
+    give_up: Option<Duration>,
+    /// The server's processes, read from /proc.
+    server: Watched,
     timeout: Duration,
-    /// `--workload flood`, with defaults of its own: the issue's full size.
+    /// `--workload flood`, with defaults of its own: the full size (bench/README.md).
     flood: FloodConfig,
 }
 
 fn parse_opts() -> Opts {
     let mut o = getopts::Options::new();
     o.optopt("H", "host", "server address (127.0.0.1)", "ADDR");
-    o.reqopt("p", "port", "server port", "PORT");
+    o.optopt("p", "port", "server port (or --addr)", "PORT");
+    o.optmulti(
+        "",
+        "addr",
+        "a server's HOST:PORT instead of -H/-p; several (repeated or comma-separated): clients \
+         spread round-robin over them, the nodes of a cluster",
+        "HOST:PORT",
+    );
     o.optopt(
         "",
         "proto",
@@ -141,8 +163,24 @@ fn parse_opts() -> Opts {
     o.optopt("", "concurrency", "churn clients at once (16)", "C");
     o.optopt(
         "",
+        "give-up",
+        "throughput: seconds a message may stay in flight before it counts as lost where it \
+         has not arrived, 0 = never (5 with several --addr: a cluster's bus may lose lines; \
+         else 0)",
+        "SECS",
+    );
+    o.optmulti(
+        "",
         "server-pid",
-        "read the server's CPU and memory from /proc/PID",
+        "read the server's CPU and memory from /proc/PID; several (repeated or \
+         comma-separated): a cluster's nodes, summed",
+        "PID",
+    );
+    o.optopt(
+        "",
+        "bus-pid",
+        "the cluster's bus (nats-server): its CPU and memory count in the server's, and its \
+         CPU on its own too",
         "PID",
     );
     o.optopt(
@@ -182,17 +220,51 @@ fn parse_opts() -> Opts {
         let v: f64 = num(&m, name, default).unwrap_or_else(|e| usage(&e));
         Duration::try_from_secs_f64(v).unwrap_or_else(|e| usage(&e))
     };
-    let host = m.opt_str("H").unwrap_or_else(|| "127.0.0.1".into());
-    let ip = host
-        .trim_matches(['[', ']'])
-        .parse()
-        .unwrap_or_else(|e| usage(&e));
-    let port: u16 = num(&m, "port", 0).unwrap_or_else(|e| usage(&e));
     let clients: usize = num(&m, "clients", 100).unwrap_or_else(|e| usage(&e));
-    let addr = SocketAddr::new(ip, port);
-    let server_pid: Option<u32> = m
-        .opt_str("server-pid")
-        .map(|p| p.parse().unwrap_or_else(|e| usage(&e)));
+    let listed = |name: &str| -> Vec<String> {
+        m.opt_strs(name)
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect()
+    };
+    let addrs: Vec<SocketAddr> = match (listed("addr"), m.opt_str("port")) {
+        (addrs, None) if !addrs.is_empty() => addrs
+            .iter()
+            .map(|a| a.parse().map_err(|_| format!("bad --addr {a} (HOST:PORT)")))
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| usage(&e)),
+        (addrs, Some(_)) if !addrs.is_empty() => usage(&"--addr or -p, not both"),
+        _ => {
+            let host = m.opt_str("H").unwrap_or_else(|| "127.0.0.1".into());
+            let ip = host
+                .trim_matches(['[', ']'])
+                .parse()
+                .unwrap_or_else(|e| usage(&e));
+            let port: u16 = num(&m, "port", 0).unwrap_or_else(|e| usage(&e));
+            if port == 0 {
+                usage(&"-p PORT (or --addr HOST:PORT) is required");
+            }
+            vec![SocketAddr::new(ip, port)]
+        }
+    };
+    let addr = addrs[0];
+    let ip = addr.ip();
+    let give_up = secs(
+        "give-up",
+        if addrs.len() > 1 {
+            GIVE_UP_CLUSTER
+        } else {
+            0.0
+        },
+    );
+    let pid = |p: &String| -> u32 { p.parse().unwrap_or_else(|e| usage(&e)) };
+    let server = Watched {
+        nodes: listed("server-pid").iter().map(pid).collect(),
+        bus: m.opt_str("bus-pid").as_ref().map(pid),
+    };
+    let server_pid = server.nodes.first().copied();
     let size = num(&m, "size", 64usize).unwrap_or_else(|e| usage(&e));
     let d = FloodConfig::new(addr, server_pid);
     let count = |name: &str, default: usize| -> usize {
@@ -226,7 +298,7 @@ fn parse_opts() -> Opts {
         (false, None) => None,
     };
     let opts = Opts {
-        addr,
+        addrs,
         proto: match (m.opt_str("proto").as_deref(), m.opt_present("ws")) {
             (None | Some("line"), true) => Proto::WebSocket,
             (None | Some("line"), false) => Proto::Line,
@@ -256,7 +328,8 @@ fn parse_opts() -> Opts {
         concurrency: num(&m, "concurrency", 16usize)
             .unwrap_or_else(|e| usage(&e))
             .max(1),
-        server_pid,
+        give_up: Some(give_up).filter(|d| !d.is_zero()),
+        server,
         timeout: secs("timeout", 30.0 + clients as f64 / 500.0),
         flood,
     };
@@ -282,6 +355,15 @@ fn parse_opts() -> Opts {
             usage(&"--tls is for the throughput and idle workloads");
         }
     }
+    if opts.addrs.len() > 1 && opts.workload == Workload::Flood {
+        usage(&"the flood attacks one server: one --addr");
+    }
+    if opts.addrs.len() > 63 {
+        usage(&"at most 63 servers");
+    }
+    if opts.server.nodes.len() > 1 && opts.workload == Workload::Flood {
+        usage(&"the flood reads one server: one --server-pid");
+    }
     if opts.workload == Workload::Flood && opts.flood.senders == 0 {
         usage(&"--senders must be at least 1");
     }
@@ -292,7 +374,10 @@ fn throughput(o: &Opts, g: &mut Gen, evs: &mut Vec<(usize, Ev)>) -> Result<Repor
     let (n, s, w) = (o.clients, o.senders, o.window);
     let join_time = join(g, n, o.timeout, evs)?;
     let mut t = Traffic::new(n, s, w, o.size);
-    let mut window = Window::new(o.warmup, o.duration, o.server_pid);
+    if let Some(limit) = o.give_up {
+        t = t.give_up_after(limit);
+    }
+    let mut window = Window::new(o.warmup, o.duration, o.server.clone());
     let mut drained = false;
     loop {
         let measuring = window.tick();
@@ -323,6 +408,7 @@ fn throughput(o: &Opts, g: &mut Gen, evs: &mut Vec<(usize, Ev)>) -> Result<Repor
     )
     .put("workload", "throughput")
     .put("n", n)
+    .put("servers", o.addrs.len())
     .put("senders", s)
     .put("window", w)
     .put("size", o.size)
@@ -335,6 +421,7 @@ fn throughput(o: &Opts, g: &mut Gen, evs: &mut Vec<(usize, Ev)>) -> Result<Repor
     .put("msgs_per_s", format!("{:.0}", t.completed as f64 / secs));
     put_latency(&mut rep, "", &t.hist);
     rep.put("lost", lost)
+        .put("given_up", t.given_up)
         .put("dup", t.dup)
         .put("reordered", t.reordered)
         .put("undelivered", t.undelivered())
@@ -342,12 +429,12 @@ fn throughput(o: &Opts, g: &mut Gen, evs: &mut Vec<(usize, Ev)>) -> Result<Repor
         .put("bogus", t.bogus)
         .put("server_errors", g.server_errors);
     window.report(&mut rep, t.deliveries as f64);
-    rep.server(o.server_pid);
+    rep.server(&o.server);
     Ok(rep)
 }
 
 fn idle(o: &Opts, g: &mut Gen, evs: &mut Vec<(usize, Ev)>) -> Result<Report, String> {
-    let before = o.server_pid.and_then(|p| procfs::mem(p).ok());
+    let before = o.server.mem();
     let join_time = join(g, o.clients, o.timeout, evs)?;
     // Keep serving (NATS pings) while the server settles.
     let until = Instant::now() + o.hold;
@@ -367,12 +454,12 @@ fn idle(o: &Opts, g: &mut Gen, evs: &mut Vec<(usize, Ev)>) -> Result<Report, Str
         .put("workload", "idle")
         .put("n", o.clients);
     rep.put("join_s", format!("{:.3}", join_time.as_secs_f64()));
-    if let (Some(b), Some(a)) = (before, o.server_pid.and_then(|p| procfs::mem(p).ok())) {
+    if let (Some(b), Some(a)) = (before, o.server.mem()) {
         let per_conn = (a.rss_kib.saturating_sub(b.rss_kib) * 1024) as f64 / o.clients as f64;
         rep.put("server_rss_before_kib", b.rss_kib)
             .put("rss_per_conn_b", format!("{per_conn:.0}"));
     }
-    rep.server(o.server_pid);
+    rep.server(&o.server);
     Ok(rep)
 }
 
@@ -395,7 +482,7 @@ fn churn(o: &Opts, g: &mut Gen, evs: &mut Vec<(usize, Ev)>) -> Result<Report, St
     let mut churners: Vec<Option<Churner>> = Vec::new();
     let (mut active, mut cycle, mut cycles, mut failures) = (0usize, 0u32, 0u64, 0u64);
     let mut hist = Histogram::default();
-    let mut window = Window::new(o.warmup, o.duration, o.server_pid);
+    let mut window = Window::new(o.warmup, o.duration, o.server.clone());
     loop {
         let measuring = window.tick();
         if window.closed() && (active == 0 || window.drain_over()) {
@@ -486,14 +573,14 @@ fn churn(o: &Opts, g: &mut Gen, evs: &mut Vec<(usize, Ev)>) -> Result<Report, St
         .put("unfinished", active);
     put_latency(&mut rep, "cycle_", &hist);
     window.report(&mut rep, cycles as f64);
-    rep.server(o.server_pid);
+    rep.server(&o.server);
     Ok(rep)
 }
 
 fn main() {
     let mut o = parse_opts();
     procfs::raise_nofile();
-    let mut g = Gen::new(o.addr, o.proto).unwrap_or_else(|e| {
+    let mut g = Gen::spread(o.addrs.clone(), o.proto).unwrap_or_else(|e| {
         eprintln!("loadgen: {e}");
         exit(1)
     });
