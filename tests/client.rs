@@ -228,7 +228,8 @@ fn help_and_version_exit_0() {
     );
 }
 
-/// Until the server speaks UDP (issue 3), a UDP echo in the test stands in for it.
+/// A UDP echo in the test stands in for the server, so that only the client is under test
+/// (the server's UDP is tested in tests/modes.rs).
 #[test]
 fn udp_sends_each_line_as_a_datagram_and_prints_each_reply() {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -1,4 +1,4 @@
-//! Faults and hostile input over real sockets against the real binary (issue 5): running out of
+//! Faults and hostile input over real sockets against the real binary: running out of
 //! descriptors under a sustained flood, peers that reset mid-write or stop reading, slowloris,
 //! SIGTERM in the middle of a flood, connection floods from one and from many addresses,
 //! impersonation, and memory per idle connection.

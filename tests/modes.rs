@@ -1,6 +1,7 @@
-//! Black-box tests of the non-chat modes (`-m echo`, `-m ack`) and of UDP (issue 3), against the
-//! real server over real sockets, with the real `nc -u`, the bundled client, and the unchanged
-//! coursework clients of seeds 000, 001 and 004.
+//! Black-box tests of the non-chat modes (`-m echo`, `-m ack`) and of UDP, against the real
+//! server over real sockets, with the real `nc -u`, the bundled client, and the course's own
+//! clients unchanged (tests/seeds: the echo client of assignment 001, the TCP/UDP client of
+//! assignment 004), and the 1:1 chat of assignment 000.
 //!
 //! Every wait is bounded and every process is killed by its PID (see `common`). All tests use
 //! port 0 except `the_coursework_clients_work_unchanged`, whose clients have their ports written
@@ -519,7 +520,8 @@ fn udp_port_0_picks_a_free_port_shown_on_the_second_line() {
 
 // ----- the coursework programs -----
 
-/// Seed 000: a client and the server's operator take turns; `exit()` ends it.
+/// Assignment 000, the 1:1 chat: a client and the server's operator take turns; `exit()`
+/// ends it.
 #[test]
 fn seed_000_one_to_one_chat_with_the_operator_ends_with_exit() {
     // As people run it: the web door open, the client greeted once it is known to be none.
@@ -574,7 +576,8 @@ fn python(script: &str, input: &[u8]) -> String {
     String::from_utf8(out.stdout).expect("the client printed UTF-8")
 }
 
-/// Seed 001: the echo client sends `Hola, servidor!` without a newline to localhost:1234.
+/// Assignment 001 (tests/seeds/echo_client_001.py): the echo client sends `Hola, servidor!`
+/// without a newline to localhost:1234.
 fn seed_001_echo_client() {
     if !ports_free(&[1234], &[]) {
         return;
@@ -586,7 +589,8 @@ fn seed_001_echo_client() {
     );
 }
 
-/// Seed 004: the TCP/UDP client, once per protocol, against one ack server.
+/// Assignment 004 (tests/seeds/ack_client_004.py): the TCP/UDP client, once per protocol,
+/// against one ack server.
 fn seed_004_ack_client() {
     if !ports_free(&[65432], &[65433]) {
         return;
