@@ -1728,12 +1728,22 @@ fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let machine = machine();
     let server_args = |s: &Server| {
+        // The certificate's files are made for the run in a temporary directory: named by
+        // what they are, not where they were.
+        let mut shown = s.args.clone();
+        for i in 1..shown.len() {
+            match shown[i - 1].as_str() {
+                "--tls-cert" => shown[i] = "CERT.pem".into(),
+                "--tls-key" => shown[i] = "KEY.pem".into(),
+                _ => {}
+            }
+        }
         format!(
             "{} {}",
             s.program
                 .file_name()
                 .map_or("?".into(), |n| n.to_string_lossy()),
-            s.args.join(" ")
+            shown.join(" ")
         )
     };
     let config = vec![
@@ -1865,7 +1875,7 @@ fn main() {
             Clients::Ws => " as `loopchat-ws`: its clients are WebSocket clients (`loadgen --ws`)",
             Clients::Tls => {
                 " as `loopchat-tls`: its clients are line clients through TLS (`loadgen --tls`), \
-                 each with a full handshake, rustls with its defaults on both sides, and a \
+                 each with a full handshake, rustls (ring) on both sides, and a \
                  self-signed certificate (ECDSA P-256) made for the run"
             }
         };
