@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Stage 3: the chat room of threaded_room.py in one thread, as a `selectors` event loop.
+"""Stage 4: the chat room of threaded_room.py in one thread, as a `selectors` event loop.
 
     python3 selectors_room.py [PORT]    # default 5000, the chat-room assignment's port
 
