@@ -54,7 +54,8 @@ soak:
 
 # The benchmark: loopchat against a thread-per-client server, a tokio server, a minimal
 # broadcaster and nats-server (if installed), each pinned to core 0 with the load generator on
-# core 1. About 5 minutes; writes docs/bench/ (tables, JSON, SVG plots).
+# core 1, with loopchat also measured with WebSocket and TLS clients and as a cluster of one and
+# two nodes behind nats-server. About 9 minutes; writes docs/bench/ (tables, JSON, SVG plots).
 bench:
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release --quiet -p loopchat-bench --bin bench -- --out docs/bench
