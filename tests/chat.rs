@@ -124,12 +124,7 @@ fn seven_clients_talking_at_once_all_see_one_order() {
             })
         })
         .collect();
-    let mut views: Vec<(Client, Vec<String>)> =
-        handles.into_iter().map(|h| h.join().unwrap()).collect();
-    // Nothing more, in particular no echo of a client's own lines.
-    for (c, _) in views.iter_mut() {
-        c.expect_silence(Duration::from_millis(100));
-    }
+    let views = common::joined_in_silence(handles);
 
     // The transcript is the one true order; each client sees it minus its own lines.
     let mut order = Vec::new();

@@ -235,12 +235,7 @@ fn seven_clients_at_once_see_one_order(script: &str) {
             })
         })
         .collect();
-    let mut views: Vec<(Client, Vec<String>)> =
-        handles.into_iter().map(|h| h.join().unwrap()).collect();
-    // Nothing more, in particular no echo of a client's own lines.
-    for (c, _) in views.iter_mut() {
-        c.expect_silence(Duration::from_millis(100));
-    }
+    let views = common::joined_in_silence(handles);
 
     let mut order = Vec::new();
     let deadline = Instant::now() + WAIT;

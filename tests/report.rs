@@ -7,6 +7,7 @@
 //! `fmt_num`. So after `make bench` rewrites results.json, this test fails until the table is
 //! brought up to date, and a figure typed by hand cannot drift from the run it quotes.
 
+use loopchat_bench::stats::fmt_num;
 use serde_json::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -38,17 +39,6 @@ const REQUIRED: &[&str] = &[
     "min-broadcaster",
 ];
 const IF_MEASURED: &[&str] = &["loopchat-tls", "loopchat-1node", "loopchat-2nodes"];
-
-/// bench's `fmt_num`, digit for digit.
-fn fmt_num(v: Option<f64>) -> String {
-    match v {
-        None => "–".into(),
-        Some(v) if v.abs() >= 1e6 => format!("{:.2}M", v / 1e6),
-        Some(v) if v.abs() >= 1e4 => format!("{:.0}k", v / 1e3),
-        Some(v) if v.abs() >= 100.0 || v.fract() == 0.0 => format!("{v:.0}"),
-        Some(v) => format!("{v:.1}"),
-    }
-}
 
 /// bench's `median`: over the runs of `server` at (`workload`, N) that worked.
 fn median(runs: &[Value], server: &str, workload: &str, key: &str) -> Option<f64> {

@@ -79,6 +79,19 @@ impl Histogram {
     }
 }
 
+/// A figure as the benchmark's tables print it: millions with two decimals, thousands as `k`,
+/// whole numbers as they are, a dash for none. The report's summary table is held to it
+/// (tests/report.rs).
+pub fn fmt_num(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) if v.abs() >= 1e6 => format!("{:.2}M", v / 1e6),
+        Some(v) if v.abs() >= 1e4 => format!("{:.0}k", v / 1e3),
+        Some(v) if v.abs() >= 100.0 || v.fract() == 0.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.1}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

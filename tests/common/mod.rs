@@ -954,3 +954,16 @@ pub fn read_all_text(mut from: impl Read + Send + 'static) -> JoinHandle<String>
         String::from_utf8_lossy(&all).into_owned()
     })
 }
+
+/// Each client's thread joined: the client and the lines it read, once no client receives
+/// anything more (in particular, no echo of its own lines).
+pub fn joined_in_silence(
+    handles: Vec<thread::JoinHandle<(Client, Vec<String>)>>,
+) -> Vec<(Client, Vec<String>)> {
+    let mut views: Vec<(Client, Vec<String>)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (c, _) in views.iter_mut() {
+        c.expect_silence(Duration::from_millis(100));
+    }
+    views
+}

@@ -19,6 +19,7 @@
 //! nodes and nats-server. Measured in fan-out and idle memory; skipped without nats-server.
 
 use loopchat_bench::json::Json;
+use loopchat_bench::stats::fmt_num;
 use loopchat_bench::svg::Plot;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -1102,16 +1103,6 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-fn fmt_num(v: Option<f64>) -> String {
-    match v {
-        None => "–".into(),
-        Some(v) if v.abs() >= 1e6 => format!("{:.2}M", v / 1e6),
-        Some(v) if v.abs() >= 1e4 => format!("{:.0}k", v / 1e3),
-        Some(v) if v.abs() >= 100.0 || v.fract() == 0.0 => format!("{v:.0}"),
-        Some(v) => format!("{v:.1}"),
-    }
-}
-
 /// The generator runs alone on its core: when it waited for that core more than this share
 /// of a run, other load on the machine disturbed the run.
 const DISTURBED_WAIT_PCT: f64 = 10.0;
@@ -1426,14 +1417,7 @@ fn clients_compared(runs: &[Run]) -> String {
             bound.push(format!("`{name}`"));
         }
     }
-    if !bound.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nThe generator's CPU was at 90 % or more in the fan-out of {}: its deliveries/s may \
-             be a lower bound; server CPU per delivery still compares.",
-            bound.join(" and ")
-        );
-    }
+    generator_bound(&mut s, &bound);
     // A blank line before the tables that follow.
     s.push('\n');
     s
@@ -1590,14 +1574,7 @@ fn cluster_compared(cfg: &Cfg, runs: &[Run]) -> String {
             bound.push(format!("`{name}`"));
         }
     }
-    if !bound.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nThe generator's CPU was at 90 % or more in the fan-out of {}: its deliveries/s may \
-             be a lower bound; server CPU per delivery still compares.",
-            bound.join(" and ")
-        );
-    }
+    generator_bound(&mut s, &bound);
     s.push('\n');
     s
 }
@@ -1958,6 +1935,18 @@ fn main() {
     );
     if !failed.is_empty() {
         exit(1);
+    }
+}
+
+/// Says which servers' fan-out ran with the generator near its limit, if any.
+fn generator_bound(s: &mut String, bound: &[String]) {
+    if !bound.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nThe generator's CPU was at 90 % or more in the fan-out of {}: its deliveries/s may \
+             be a lower bound; server CPU per delivery still compares.",
+            bound.join(" and ")
+        );
     }
 }
 
