@@ -248,6 +248,24 @@ pub mod tls {
     /// silent connection waits for a ClientHello under `--tls-only`. nats-server allows 2 s;
     /// this is the web door's deadline, for one rule on the port.
     pub const HANDSHAKE: Duration = super::web::HANDSHAKE;
+    /// With TLS on, how long a new connection that has sent nothing waits for its welcome
+    /// (`web::GREET` without TLS): a greeting sent before a late ClientHello breaks that
+    /// client's handshake for good, and a browser on a busy machine, or a client whose first
+    /// flight crosses a slow link, can be later than 50 ms. A person with `nc` does not notice
+    /// a quarter of a second.
+    pub const GREET: Duration = Duration::from_millis(250);
+}
+
+impl Config {
+    /// How long a new connection that has sent nothing waits for its welcome: no time alone,
+    /// the web door's wait with it open, longer with TLS on.
+    pub fn greet_wait(&self) -> Duration {
+        match (&self.tls, &self.web) {
+            (Some(_), _) => tls::GREET,
+            (None, Some(_)) => web::GREET,
+            (None, None) => Duration::ZERO,
+        }
+    }
 }
 
 /// The cluster's timing (src/cluster.rs, src/engine/bus.rs; docs/protocol.md, "Several

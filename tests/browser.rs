@@ -475,10 +475,11 @@ impl<'d> Page<'d> {
     }
 
     fn wait_connected(&self) {
-        // "connected", not "connecting" and not "disconnected, ...".
+        // "connected", not "connecting" and not "disconnected, ...". Until the page is there
+        // (still loading, or a browser's error page), there is no state to read.
         self.wait_until(
             "the state to say connected",
-            "const t = document.getElementById('state').textContent;
+            "const t = document.getElementById('state')?.textContent ?? '';
              return /\\bconnected\\b/.test(t) && !t.includes('disconnected')",
         );
     }

@@ -269,7 +269,7 @@ impl<S: Socket> Engine<S> {
         self.next_generation += 1;
         let bucket = (self.config.rate > 0).then(|| Bucket::new(self.config.rate, now));
         // With the web door open, or TLS, a connection is greeted only once it is known not to
-        // be a browser's request or a TLS handshake (see `config::web::GREET`).
+        // be a browser's request or a TLS handshake (see `Config::greet_wait`).
         let codec = match (&self.config.web, &self.config.tls) {
             (None, None) => Codec::Line(LineCodec::new(self.config.max_line)),
             _ => Codec::Unsure,
@@ -289,7 +289,7 @@ impl<S: Socket> Engine<S> {
             Codec::Unsure if self.tls_only() => {
                 self.arm(key, Timer::Handshake, now + config::tls::HANDSHAKE)
             }
-            Codec::Unsure => self.arm(key, Timer::Greet, now + config::web::GREET),
+            Codec::Unsure => self.arm(key, Timer::Greet, now + self.config.greet_wait()),
             _ => self.welcome(key, false),
         }
         Ok(key)
@@ -323,7 +323,7 @@ impl<S: Socket> Engine<S> {
     /// is when it opens, a chat client or (web door open) perhaps a browser's request.
     fn secured(&mut self, key: usize) {
         if self.config.web.is_some() {
-            self.arm(key, Timer::Greet, self.now + config::web::GREET);
+            self.arm(key, Timer::Greet, self.now + self.config.greet_wait());
         } else {
             self.greet(key, false);
         }

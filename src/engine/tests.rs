@@ -722,7 +722,7 @@ fn a_tls_client_is_driven_by_readiness_alone() {
     let flags = cert.flags();
     let mut h = Harness::new(&flags.each_ref().map(String::as_str));
     let plain = h.open();
-    h.at(config::web::GREET);
+    h.at(config::tls::GREET);
     h.turn();
     assert_eq!(h.take(plain).len(), 2, "the plain client is greeted");
 

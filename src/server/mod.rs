@@ -27,7 +27,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::command::{self, ConsoleCommand};
-use crate::config::{self, Config, Udp};
+use crate::config::{Config, Udp};
 use crate::engine::{Engine, SCRATCH, Socket};
 use crate::{notice, text};
 use console::{Console, Input};
@@ -111,12 +111,8 @@ pub fn run(mut config: Config) -> Result<(), Error> {
             reuse_port,
         )?),
     };
-    // How long a new connection waits for its welcome (see `config::web::GREET`).
-    let greet = if config.web.is_some() || config.tls.is_some() {
-        config::web::GREET
-    } else {
-        Duration::ZERO
-    };
+    // How long a new connection waits for its welcome.
+    let greet = config.greet_wait();
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
