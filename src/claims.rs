@@ -80,12 +80,6 @@ enum Request {
     },
 }
 
-struct Held {
-    /// Its sequence in the stream: what the next refresh expects.
-    seq: u64,
-    refresh_at: Instant,
-}
-
 pub struct Claims {
     /// The node's own inbox prefix: every answer comes to a subject under it.
     inbox: String,
@@ -94,7 +88,13 @@ pub struct Claims {
     /// Requests waiting for an answer, by the last token of their reply subject; and when
     /// they give up.
     pending: HashMap<String, (Request, Instant)>,
-    held: HashMap<String, Held>,
+    /// When the first request still waiting gives up, if any: so that a turn of the loop does
+    /// not look through every request to learn that none is late.
+    give_up_at: Option<Instant>,
+    /// The names held, by key, with their sequence in the stream (what the next write of each
+    /// expects). All are written again together, every [`REFRESH`]: one timer, however many.
+    held: HashMap<String, u64>,
+    refresh_at: Instant,
 }
 
 impl Claims {
@@ -104,7 +104,9 @@ impl Claims {
             next: 0,
             mode: Mode::Unknown,
             pending: HashMap::new(),
+            give_up_at: None,
             held: HashMap::new(),
+            refresh_at: Instant::now(),
         }
     }
 
@@ -140,10 +142,7 @@ impl Claims {
             None,
             config.to_string().as_bytes(),
         );
-        let keys: Vec<String> = self.held.keys().cloned().collect();
-        for key in keys {
-            self.refresh(key, now, out);
-        }
+        self.refresh_all(now, out);
     }
 
     /// Asks for `name` for client `id`.
@@ -201,13 +200,10 @@ impl Claims {
             }
             Request::Claim { id, key, name } => match seq {
                 Some(seq) if error.is_none() => {
-                    self.held.insert(
-                        key,
-                        Held {
-                            seq,
-                            refresh_at: now + REFRESH,
-                        },
-                    );
+                    if self.held.is_empty() {
+                        self.refresh_at = now + REFRESH;
+                    }
+                    self.held.insert(key, seq);
                     Some(Outcome::Claimed { id, name })
                 }
                 _ => Some(Outcome::Refused {
@@ -219,7 +215,7 @@ impl Claims {
             Request::Refresh { key } => match (seq, error) {
                 (Some(seq), None) => {
                     if let Some(held) = self.held.get_mut(&key) {
-                        held.seq = seq;
+                        *held = seq;
                     }
                     None
                 }
@@ -234,7 +230,7 @@ impl Claims {
             Request::Reclaim { key } => match (seq, error) {
                 (Some(seq), None) => {
                     if let Some(held) = self.held.get_mut(&key) {
-                        held.seq = seq;
+                        *held = seq;
                     }
                     None
                 }
@@ -249,13 +245,24 @@ impl Claims {
 
     /// Time passes: requests not answered in time fail, names due are written again.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<u8>) -> Vec<Outcome> {
+        let mut outcomes = Vec::new();
+        if self.give_up_at.is_some_and(|at| now >= at) {
+            self.give_up(now, &mut outcomes);
+        }
+        if !self.held.is_empty() && now >= self.refresh_at {
+            self.refresh_all(now, out);
+        }
+        outcomes
+    }
+
+    /// Requests not answered in time fail.
+    fn give_up(&mut self, now: Instant, outcomes: &mut Vec<Outcome>) {
         let late: Vec<String> = self
             .pending
             .iter()
             .filter(|(_, (_, by))| now >= *by)
             .map(|(token, _)| token.clone())
             .collect();
-        let mut outcomes = Vec::new();
         for token in late {
             match self.pending.remove(&token) {
                 Some((Request::Claim { id, name, .. }, _)) => outcomes.push(Outcome::Refused {
@@ -270,27 +277,18 @@ impl Claims {
                 _ => {}
             }
         }
-        let due: Vec<String> = self
-            .held
-            .iter()
-            .filter(|(_, h)| now >= h.refresh_at)
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in due {
-            self.refresh(key, now, out);
-        }
-        outcomes
+        self.give_up_at = self.pending.values().map(|(_, by)| *by).min();
     }
 
     /// When [`Claims::tick`] has work next.
     pub fn deadline(&self) -> Option<Instant> {
-        let answers = self.pending.values().map(|(_, by)| *by);
-        let refreshes = self.held.values().map(|h| h.refresh_at);
-        answers.chain(refreshes).min()
+        let refresh = (!self.held.is_empty()).then_some(self.refresh_at);
+        [self.give_up_at, refresh].into_iter().flatten().min()
     }
 
     /// The link went down: answers will not come, and the requests are given up now.
     pub fn link_down(&mut self) -> Vec<Outcome> {
+        self.give_up_at = None;
         self.pending
             .drain()
             .filter_map(|(_, (request, _))| match request {
@@ -304,14 +302,14 @@ impl Claims {
             .collect()
     }
 
-    fn refresh(&mut self, key: String, now: Instant, out: &mut Vec<u8>) {
-        let Some(held) = self.held.get_mut(&key) else {
-            return;
-        };
-        held.refresh_at = now + REFRESH;
-        let seq = held.seq;
-        let reply = self.request(Request::Refresh { key: key.clone() }, now);
-        put(out, &key, seq, &reply);
+    /// Writes every name held again, each expecting its own last sequence.
+    fn refresh_all(&mut self, now: Instant, out: &mut Vec<u8>) {
+        self.refresh_at = now + REFRESH;
+        let held: Vec<(String, u64)> = self.held.iter().map(|(k, &s)| (k.clone(), s)).collect();
+        for (key, seq) in held {
+            let reply = self.request(Request::Refresh { key: key.clone() }, now);
+            put(out, &key, seq, &reply);
+        }
     }
 
     /// A reply subject for a new request.
@@ -319,7 +317,9 @@ impl Claims {
         self.next += 1;
         let token = self.next.to_string();
         let reply = format!("{}.{token}", self.inbox);
-        self.pending.insert(token, (request, now + ANSWER_WITHIN));
+        let by = now + ANSWER_WITHIN;
+        self.pending.insert(token, (request, by));
+        self.give_up_at = Some(self.give_up_at.map_or(by, |at| at.min(by)));
         reply
     }
 }
