@@ -254,7 +254,7 @@ impl<S: Socket> Bus<S> {
                     while let Some(op) = self.decoder.next(&mut input) {
                         match op {
                             Ok(op) => self.on_op(op, now, news),
-                            Err(e) => return self.fail(&format!("bus: {e}"), now, news),
+                            Err(e) => return self.fail(&e.to_string(), now, news),
                         }
                         if self.link == Link::Down {
                             return;
@@ -263,7 +263,7 @@ impl<S: Socket> Bus<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.fail(&format!("bus: {e}"), now, news),
+                Err(e) => return self.fail(&e.to_string(), now, news),
             }
         }
         self.again = share == 0;
@@ -285,7 +285,7 @@ impl<S: Socket> Bus<S> {
                 // Still connecting: the bus speaks first, so nothing should be owed yet.
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.fail(&format!("bus: {e}"), now, news),
+                Err(e) => return self.fail(&e.to_string(), now, news),
             }
         }
     }
