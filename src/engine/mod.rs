@@ -850,12 +850,11 @@ impl<S: Socket> Engine<S> {
                 return false;
             }
             if tls.only {
-                let refusal = if http::starts_request(bytes) {
-                    web::https_only()
+                if http::starts_request(bytes) {
+                    self.send(key, &web::https_only());
                 } else {
-                    format!("{}\n", notice::TLS_ONLY).into_bytes()
-                };
-                self.send(key, &refusal);
+                    self.send_line(key, notice::TLS_ONLY);
+                }
                 self.depart(key, Some("did not start TLS"));
                 return false;
             }
