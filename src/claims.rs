@@ -9,7 +9,10 @@
 //! the names of a node that died (SIGKILL, a lost machine) are free after at most that long.
 //!
 //! Without JetStream on the bus (the request to make the bucket finds nobody to answer it),
-//! names fall back to being qualified by their node, and the node says so at start.
+//! names fall back to being qualified by their node, and the node says so at start. A request
+//! to make the bucket that JetStream refuses is not that: nodes that start together race to
+//! make it, and nats-server may refuse all but one ("subjects overlap with an existing
+//! stream"), so the node then asks whether the bucket is there and uses it if it is.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -30,9 +33,6 @@ pub const REFRESH: Duration = Duration::from_secs(5);
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 /// JetStream's error code for a write whose expected last sequence was not the key's.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
-/// JetStream's error code for a stream that exists with another configuration: the bucket is
-/// there, made by a node of another version; it is used as it is.
-const STREAM_NAME_IN_USE: u64 = 10058;
 
 /// How names are kept unique across the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,13 @@ pub enum Outcome {
 }
 
 enum Request {
+    /// Make the bucket.
     Setup,
+    /// JetStream refused to make it (`why`): is it there anyway? (Made by another node at the
+    /// same moment, or by a node of another version with another configuration: used as it is.)
+    Lookup {
+        why: String,
+    },
     Claim {
         id: usize,
         key: String,
@@ -182,21 +188,21 @@ impl Claims {
             .map(|e| e.get("err_code").and_then(serde_json::Value::as_u64));
         let seq = reply.get("seq").and_then(serde_json::Value::as_u64);
         match request {
-            Request::Setup => {
-                let claimed =
-                    !no_responders && matches!(error, None | Some(Some(STREAM_NAME_IN_USE)));
-                self.mode = if claimed {
-                    Mode::Claimed
-                } else {
-                    let why = if no_responders {
-                        "no responders".to_owned()
-                    } else {
-                        reply.to_string()
-                    };
-                    log::warn!("no JetStream on the bus ({why}): names qualified by node");
-                    Mode::Qualified
-                };
-                Some(Outcome::Mode(self.mode))
+            Request::Setup if no_responders => Some(self.qualified("no responders")),
+            Request::Setup if error.is_some() => {
+                let subject = format!("$JS.API.STREAM.INFO.{STREAM}");
+                let why = reply.to_string();
+                let reply = self.request(Request::Lookup { why }, now);
+                nats::publish(out, &subject, Some(&reply), None, b"");
+                None
+            }
+            Request::Setup => Some(self.claimed()),
+            Request::Lookup { why } if no_responders || error.is_some() => {
+                Some(self.qualified(&why))
+            }
+            Request::Lookup { why } => {
+                log::debug!("the bucket is there, though making it was refused ({why})");
+                Some(self.claimed())
             }
             Request::Claim { id, key, name } => match seq {
                 Some(seq) if error.is_none() => {
@@ -270,9 +276,8 @@ impl Claims {
                     name,
                     taken: false,
                 }),
-                Some((Request::Setup, _)) => {
-                    self.mode = Mode::Qualified;
-                    outcomes.push(Outcome::Mode(self.mode));
+                Some((Request::Setup | Request::Lookup { .. }, _)) => {
+                    outcomes.push(self.qualified("no answer"));
                 }
                 _ => {}
             }
@@ -300,6 +305,17 @@ impl Claims {
                 _ => None,
             })
             .collect()
+    }
+
+    fn claimed(&mut self) -> Outcome {
+        self.mode = Mode::Claimed;
+        Outcome::Mode(self.mode)
+    }
+
+    fn qualified(&mut self, why: &str) -> Outcome {
+        log::warn!("no JetStream on the bus ({why}): names qualified by node");
+        self.mode = Mode::Qualified;
+        Outcome::Mode(self.mode)
     }
 
     /// Writes every name held again, each expecting its own last sequence.
@@ -389,6 +405,34 @@ mod tests {
             [Outcome::Mode(Mode::Qualified)],
             "no answer at all"
         );
+    }
+
+    #[test]
+    fn a_bucket_another_node_made_at_the_same_moment_is_used() {
+        let now = Instant::now();
+        let overlap = r#"{"error":{"code":400,"err_code":10065,"description":"subjects overlap with an existing stream"}}"#;
+        for (info, mode) in [
+            (r#"{"config":{"name":"KV_loopchat-names"}}"#, Mode::Claimed),
+            (
+                r#"{"error":{"code":404,"err_code":10059,"description":"stream not found"}}"#,
+                Mode::Qualified,
+            ),
+        ] {
+            let mut c = Claims::new("b", 2);
+            let mut out = Vec::new();
+            c.link_up(now, &mut out);
+            let refused = answer_to(&out, overlap, None);
+            let mut out = Vec::new();
+            assert_eq!(c.answer(&refused, now, &mut out), None, "not decided yet");
+            assert_eq!(c.mode(), Mode::Unknown);
+            let asked = String::from_utf8_lossy(&out).into_owned();
+            assert!(
+                asked.starts_with("PUB $JS.API.STREAM.INFO.KV_loopchat-names _INBOX.b.2."),
+                "{asked}"
+            );
+            let answer = answer_to(&out, info, None);
+            assert_eq!(c.answer(&answer, now, &mut out), Some(Outcome::Mode(mode)));
+        }
     }
 
     #[test]
