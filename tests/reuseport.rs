@@ -3,16 +3,19 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Client, Launch, SHUTDOWN, Server, WAIT, WELCOME, run_cli};
 
-/// A port free a moment ago, for servers that must all be given the same one.
-fn free_port(host: &str) -> String {
-    let probe = TcpListener::bind((host, 0)).expect("bind a probe listener");
-    probe.local_addr().unwrap().port().to_string()
+/// Two servers on one port: `start` is given `0` for the first (any free port), then the port
+/// the first got. (A port probed free and handed to both could be taken in between by a server
+/// another test starts on port 0.)
+fn on_one_port(start: impl Fn(&str) -> Server) -> (Server, Server) {
+    let first = start("0");
+    let second = start(&first.addr.port().to_string());
+    (first, second)
 }
 
 fn reuseport(host: &str, port: &str) -> Server {
@@ -30,9 +33,7 @@ fn connected(server: &Server) -> usize {
 
 #[test]
 fn two_servers_share_a_port_and_both_get_clients() {
-    let port = free_port("127.0.0.1");
-    let a = reuseport("127.0.0.1", &port);
-    let b = reuseport("127.0.0.1", &port);
+    let (a, b) = on_one_port(|port| reuseport("127.0.0.1", port));
     assert_eq!(a.addr, b.addr);
     // Each connection is hashed to one of the two: 40 all to one has odds of 2 in 2^40.
     let clients: Vec<Client> = (0..40).map(|_| a.client()).collect();
@@ -50,9 +51,7 @@ fn ipv6_too() {
         eprintln!("skipped: no IPv6 loopback");
         return;
     }
-    let port = free_port("::1");
-    let a = reuseport("::1", &port);
-    let b = reuseport("::1", &port);
+    let (a, b) = on_one_port(|port| reuseport("::1", port));
     assert_eq!(a.addr, b.addr);
     let _clients: Vec<Client> = (0..20).map(|_| a.client()).collect();
     assert_eq!(connected(&a) + connected(&b), 20);
@@ -60,17 +59,17 @@ fn ipv6_too() {
 
 #[test]
 fn without_the_flag_on_either_side_the_port_is_in_use() {
+    fn flags(shared: bool, port: &str) -> Vec<&str> {
+        let mut f = vec!["--host", "127.0.0.1", "--port", port];
+        if shared {
+            f.push("--reuseport");
+        }
+        f
+    }
     for (first, second) in [(false, false), (true, false), (false, true)] {
-        let port = free_port("127.0.0.1");
-        let flags = |shared: bool| {
-            let mut f = vec!["--host", "127.0.0.1", "--port", &port];
-            if shared {
-                f.push("--reuseport");
-            }
-            f
-        };
-        let _running = Launch::new(&flags(first)).start();
-        let out = run_cli(&[&flags(second)[..], &["--no-console"]].concat());
+        let running = Launch::new(&flags(first, "0")).start();
+        let port = running.addr.port().to_string();
+        let out = run_cli(&[&flags(second, &port)[..], &["--no-console"]].concat());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{first}/{second}: {stderr}");
         assert!(
@@ -82,9 +81,9 @@ fn without_the_flag_on_either_side_the_port_is_in_use() {
 
 #[test]
 fn udp_is_shared_too() {
-    let port = free_port("127.0.0.1");
-    let start = || Launch::new(&["--reuseport", "--udp", "-m", "ack", "--port", &port]).start();
-    let (a, b) = (start(), start());
+    let (a, b) = on_one_port(|port| {
+        Launch::new(&["--reuseport", "--udp", "-m", "ack", "--port", port]).start()
+    });
     let udp = a.udp_addr();
     assert_eq!(udp, b.udp_addr());
     for i in 0..10 {
@@ -110,14 +109,14 @@ struct Seen {
 /// With the web door open, as by default: those taken from the queue must be greeted first.
 #[test]
 fn sigterm_to_one_of_two_loses_no_client() {
-    let port = free_port("127.0.0.1");
-    let start = |name: &str| {
+    let start = |name: &str, port: &str| {
         let welcome = format!("{WELCOME} ({name})");
-        Launch::new(&["--reuseport", "--port", &port, "--welcome", &welcome])
+        Launch::new(&["--reuseport", "--port", port, "--welcome", &welcome])
             .web()
             .start()
     };
-    let (mut stopping, survivor) = (start("stopping"), start("survivor"));
+    let mut stopping = start("stopping", "0");
+    let survivor = start("survivor", &stopping.addr.port().to_string());
     let addr: SocketAddr = stopping.addr;
 
     let begin = Instant::now();
