@@ -36,7 +36,7 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ),
     (
         "/tmp/",
-        "a scratch file (a /tmp path a program uses at runtime goes in RUNTIME_TMP)",
+        "a scratch file of the machine the project was written on",
     ),
     ("../shared", "a file outside the repository"),
     ("shared/notes", "a file outside the repository"),
@@ -47,23 +47,11 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("anchors.md", "a file outside the repository"),
 ];
 
-/// `/tmp/` paths that programs and tests use at runtime, as (file, text on the line). None
-/// yet: add one here, with the file that uses it, when a script or test needs a fixed path.
-const RUNTIME_TMP: &[(&str, &str)] = &[];
-
 /// Why `line` of `file` cites something a reader cannot follow, if it does.
-fn problem(file: &str, line: &str) -> Option<String> {
+fn problem(line: &str) -> Option<String> {
     let lower = line.to_lowercase();
-    for (pattern, why) in FORBIDDEN {
-        if lower.contains(pattern) {
-            let runtime = *pattern == "/tmp/"
-                && RUNTIME_TMP
-                    .iter()
-                    .any(|(f, text)| *f == file && line.contains(text));
-            if !runtime {
-                return Some(format!("{pattern:?}: {why}"));
-            }
-        }
+    if let Some((pattern, why)) = FORBIDDEN.iter().find(|(p, _)| lower.contains(p)) {
+        return Some(format!("{pattern:?}: {why}"));
     }
     let near = |at: usize| lower[at..].chars().take(10).collect::<String>();
     if let Some(at) = numbered_issue(&lower) {
@@ -176,7 +164,7 @@ fn no_tracked_file_cites_what_a_reader_cannot_follow() {
         };
         scanned += 1;
         for (n, line) in text.lines().enumerate() {
-            if let Some(why) = problem(file, line) {
+            if let Some(why) = problem(line) {
                 problems.push(format!("{file}:{}: {why}\n    {}", n + 1, line.trim()));
             }
         }
@@ -192,7 +180,7 @@ fn no_tracked_file_cites_what_a_reader_cannot_follow() {
 
 #[test]
 fn the_patterns_catch_what_they_should_and_only_that() {
-    let flagged = |line: &str| problem("x.md", line).is_some();
+    let flagged = |line: &str| problem(line).is_some();
     // Paths outside the project are put together here, so that this file names none itself.
     let outside = format!(
         "see {}",
