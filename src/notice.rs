@@ -257,10 +257,10 @@ pub fn received(text: &str) -> String {
     format!("received: {text}")
 }
 
-/// The second line on standard output when UDP is on.
 /// The transcript's line when the bus link is up: this node's name and where its rooms go.
+/// (Whether other names end with it too, the line on how names are kept says.)
 pub fn bus_up(node: &str, bus: &str) -> String {
-    format!("[SERVER] Node {node}: rooms shared through {bus}; names here end with @{node}")
+    format!("[SERVER] Node {node}: rooms shared through {bus}; guests here are guestN@{node}")
 }
 
 /// The transcript's line when the bus link is lost.
@@ -321,6 +321,7 @@ pub fn listening_tls(only: bool) -> &'static str {
     }
 }
 
+/// The second line on standard output when UDP is on.
 pub fn listening_udp(addr: SocketAddr) -> String {
     format!("[SERVER] Listening on UDP {addr}")
 }

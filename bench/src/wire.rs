@@ -260,7 +260,7 @@ mod tests {
             assert_eq!(Proto::Line.classify(&line), Incoming::Msg(m), "{prefix}");
         }
         assert_eq!(
-            Proto::Line.classify(b"[SERVER] Node a: rooms shared through nats://127.0.0.1:4222; names here end with @a"),
+            Proto::Line.classify(b"[SERVER] Node a: rooms shared through nats://127.0.0.1:4222; guests here are guestN@a"),
             Incoming::Other
         );
         assert_eq!(
