@@ -563,12 +563,9 @@ impl Chat {
         }
     }
 
-    /// The nodes whose clients are known.
-    pub fn nodes(&self) -> Vec<String> {
-        self.linked
-            .iter()
-            .flat_map(|l| l.remote.nodes().map(str::to_owned))
-            .collect()
+    /// How many other nodes' clients are known.
+    pub fn nodes(&self) -> usize {
+        self.linked.as_ref().map_or(0, |l| l.remote.nodes().count())
     }
 
     /// A private message for a client of another node, if one has this name: its name as its

@@ -90,7 +90,6 @@ pub struct Claims {
     /// The node's own inbox prefix: every answer comes to a subject under it.
     inbox: String,
     next: u64,
-    mode: Mode,
     /// Requests waiting for an answer, by the last token of their reply subject; and when
     /// they give up.
     pending: HashMap<String, (Request, Instant)>,
@@ -108,16 +107,11 @@ impl Claims {
         Claims {
             inbox: format!("_INBOX.{node}.{boot:x}"),
             next: 0,
-            mode: Mode::Unknown,
             pending: HashMap::new(),
             give_up_at: None,
             held: HashMap::new(),
             refresh_at: Instant::now(),
         }
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.mode
     }
 
     /// The subject to subscribe to for the answers.
@@ -307,15 +301,13 @@ impl Claims {
             .collect()
     }
 
-    fn claimed(&mut self) -> Outcome {
-        self.mode = Mode::Claimed;
-        Outcome::Mode(self.mode)
+    fn claimed(&self) -> Outcome {
+        Outcome::Mode(Mode::Claimed)
     }
 
-    fn qualified(&mut self, why: &str) -> Outcome {
+    fn qualified(&self, why: &str) -> Outcome {
         log::warn!("no JetStream on the bus ({why}): names qualified by node");
-        self.mode = Mode::Qualified;
-        Outcome::Mode(self.mode)
+        Outcome::Mode(Mode::Qualified)
     }
 
     /// Writes every name held again, each expecting its own last sequence.
@@ -424,7 +416,6 @@ mod tests {
             let refused = answer_to(&out, overlap, None);
             let mut out = Vec::new();
             assert_eq!(c.answer(&refused, now, &mut out), None, "not decided yet");
-            assert_eq!(c.mode(), Mode::Unknown);
             let asked = String::from_utf8_lossy(&out).into_owned();
             assert!(
                 asked.starts_with("PUB $JS.API.STREAM.INFO.KV_loopchat-names _INBOX.b.2."),

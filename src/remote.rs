@@ -120,10 +120,6 @@ impl Remote {
     pub fn nodes(&self) -> impl Iterator<Item = &str> {
         self.nodes.keys().map(String::as_str)
     }
-
-    pub fn clients(&self) -> usize {
-        self.by_name.len()
-    }
 }
 
 #[cfg(test)]
@@ -161,7 +157,7 @@ mod tests {
         assert_eq!(r.node_of("bob@B"), Some("b"));
         assert_eq!(r.spelling("BOB@b"), Some("Bob@b"));
         assert_eq!(r.names_in("#rust").collect::<Vec<_>>(), ["Bob@b"]);
-        assert_eq!(r.clients(), 2);
+        assert_eq!(r.clients_of("b").count() + r.clients_of("c").count(), 2);
         let old = r.replace("b", Vec::new());
         assert_eq!(old, vec![client("Bob@b", &["#lobby", "#Rust"])]);
         assert_eq!(r.node_of("bob@b"), None);

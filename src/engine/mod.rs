@@ -546,7 +546,7 @@ impl<S: Socket> Engine<S> {
                     self.print_line(&line);
                 }
                 if let Some(bus) = &self.bus {
-                    let nodes = self.service.chat().nodes().len();
+                    let nodes = self.service.chat().nodes();
                     let line = notice::bus_stats(bus.is_up(), nodes, &bus.node().tally);
                     self.print_line(&line);
                 }
