@@ -302,7 +302,12 @@ impl Node {
         let arrival = match seq {
             None => Arrival::InOrder,
             Some(seq) => {
-                let last = self.heard.entry(origin.to_owned()).or_insert(seq - 1);
+                // Looked up by `&str`: the origin is known for every message but its first,
+                // and `entry` would copy its name each time.
+                if !self.heard.contains_key(origin) {
+                    self.heard.insert(origin.to_owned(), seq - 1);
+                }
+                let last = self.heard.get_mut(origin).expect("inserted above");
                 let arrival = match seq.checked_sub(*last + 1) {
                     Some(0) => Arrival::InOrder,
                     Some(missed) => Arrival::AfterGap { missed },

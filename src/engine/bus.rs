@@ -352,10 +352,13 @@ impl<S: Socket> Bus<S> {
                     news.transcript
                         .push(crate::notice::bus_missed(missed, &node));
                 }
-                self.heard.insert(node.clone(), now);
                 if gossip == Gossip::Bye {
                     self.heard.remove(&node);
                     self.node.forget(&node);
+                } else if let Some(at) = self.heard.get_mut(&node) {
+                    *at = now;
+                } else {
+                    self.heard.insert(node.clone(), now);
                 }
                 news.gossip.push((node, gossip));
             }
