@@ -200,17 +200,18 @@ impl<S: Socket> Peer<S> {
             error: None,
         };
         let closing = self.state == State::Closing;
+        // What was written (or encrypted), `wrote.bytes`, is taken off the queue once at the
+        // end, not after every write: over TLS that is one record at a time, and each `took`
+        // moves the rest of the queue.
         loop {
             let written = match self.tls.as_deref_mut() {
-                None if self.owed.is_empty() => break,
-                None => self.socket.write(&self.owed.bytes).inspect(|&n| {
-                    wrote.bytes += n;
-                    self.owed.took(n);
-                }),
+                None if wrote.bytes == before => break,
+                None => self
+                    .socket
+                    .write(&self.owed.bytes[wrote.bytes..])
+                    .inspect(|&n| wrote.bytes += n),
                 Some(tls) => {
-                    let n = tls.encrypt(&self.owed.bytes, closing);
-                    wrote.bytes += n;
-                    self.owed.took(n);
+                    wrote.bytes += tls.encrypt(&self.owed.bytes[wrote.bytes..], closing);
                     if !tls.wants_write() {
                         break;
                     }
@@ -225,7 +226,6 @@ impl<S: Socket> Peer<S> {
                 Ok(_) => self.last_output = now,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.writing = Writing::Blocked;
-                    self.owed.refused_since.get_or_insert(now);
                     wrote.blocked = true;
                     break;
                 }
@@ -235,6 +235,10 @@ impl<S: Socket> Peer<S> {
                     break;
                 }
             }
+        }
+        self.owed.took(wrote.bytes);
+        if wrote.blocked {
+            self.owed.refused_since.get_or_insert(now);
         }
         wrote.caught_up = was_behind && self.owed.pace == Pace::Keeping;
         wrote
