@@ -526,12 +526,15 @@ impl<S: Socket> Engine<S> {
         }
     }
 
-    /// A line typed on the operator console.
-    pub fn console(&mut self, raw: &[u8], now: Instant) {
+    /// A line typed on the operator console. True if it was `/shutdown`: the caller begins
+    /// the shutdown ([`Engine::begin_shutdown`]), once it has done what comes first (with
+    /// `--reuseport`, taking the listener's queue).
+    #[must_use]
+    pub fn console(&mut self, raw: &[u8], now: Instant) -> bool {
         self.now = now;
         let line = text::clean(raw);
         if text::is_blank(&line) {
-            return;
+            return false;
         }
         let at = self.unix_now();
         let after = self
@@ -551,8 +554,9 @@ impl<S: Socket> Engine<S> {
                     self.print_line(&line);
                 }
             }
-            ConsoleAfter::Shutdown => self.begin_shutdown(now),
+            ConsoleAfter::Shutdown => return true,
         }
+        false
     }
 
     /// Seconds since the Unix epoch now, for the rooms' history.

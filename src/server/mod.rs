@@ -26,10 +26,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::command::{self, ConsoleCommand};
 use crate::config::{Config, Udp};
 use crate::engine::{Engine, SCRATCH, Socket};
-use crate::{notice, text};
+use crate::notice;
 use console::{Console, Input};
 use listener::{Acceptor, Next};
 use transcript::Stdout;
@@ -430,10 +429,11 @@ impl Server {
     fn console_input(&mut self) {
         while let Some(input) = self.console.as_ref().and_then(Console::try_next) {
             match input {
-                // The engine would begin the shutdown itself, before the listener's queue is
-                // taken (see `Server::shut_down`).
-                Input::Line(line) if self.reuse_port && is_shutdown(&line) => self.shut_down(),
-                Input::Line(line) => self.engine.console(&line, self.now),
+                Input::Line(line) => {
+                    if self.engine.console(&line, self.now) {
+                        self.shut_down();
+                    }
+                }
                 Input::Closed => {
                     log::debug!("console closed: standard input ended");
                     self.console = None;
@@ -448,7 +448,7 @@ impl Server {
         }
     }
 
-    /// A signal, or `/shutdown` under `--reuseport`: everyone is told and their queues flushed
+    /// A signal, or `/shutdown`: everyone is told and their queues flushed
     /// (a second one while flushing stops at once). With `--reuseport` the listener's queue is
     /// taken and the listener closed first: the kernel resets the connections still queued to
     /// a listener that closes (it hands them to no other process of the group), so they are
@@ -486,9 +486,4 @@ impl Server {
         self.accept_paused_until = None;
         log::info!("listener closed after taking {taken} queued connections");
     }
-}
-
-/// Whether a console line is `/shutdown`.
-fn is_shutdown(line: &[u8]) -> bool {
-    command::parse_console(&text::clean(line)) == ConsoleCommand::Shutdown
 }
