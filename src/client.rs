@@ -28,7 +28,6 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{self, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore,
@@ -572,8 +571,7 @@ impl Tls {
                  that the server's certificate names"
             ))
         })?;
-        // ring, as the server uses: it builds with nothing but a C compiler.
-        let provider = Arc::new(crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::TlsSetup(e.to_string()))?;
@@ -739,12 +737,7 @@ fn system_roots() -> Result<RootCertStore, Error> {
 /// `--ca FILE`: every certificate in the PEM file is a root, and nothing else is.
 fn ca_roots(path: &Path) -> Result<RootCertStore, Error> {
     let fail = |why: String| Error::TlsSetup(format!("--ca {}: {why}", path.display()));
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| fail(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail("no certificate in the file (PEM expected)".into()));
-    }
+    let certs = crate::tls::certificates(path).map_err(fail)?;
     let mut roots = RootCertStore::empty();
     for cert in certs {
         roots.add(cert).map_err(|e| fail(e.to_string()))?;

@@ -16,6 +16,7 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
@@ -39,24 +40,32 @@ impl fmt::Debug for Tls {
     }
 }
 
+/// The cryptography of both the server and the bundled client: *ring*, which builds with
+/// nothing but a C compiler, where aws-lc-rs, rustls's default, wants CMake and a longer build.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate in a PEM file; why not, if it cannot be read or holds none.
+pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no certificate in the file (PEM expected)".into());
+    }
+    Ok(certs)
+}
+
 impl Tls {
     /// The certificate chain and key from PEM files. TLS 1.2 and 1.3 with rustls's safe
-    /// defaults, and the *ring* provider: it builds with nothing but a C compiler, where
-    /// aws-lc-rs, rustls's default, wants CMake and a longer build.
+    /// defaults, and the [`provider`] both ends use.
     pub fn load(cert: &Path, key: &Path, only: bool) -> Result<Tls, String> {
-        let chain = CertificateDer::pem_file_iter(cert)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
-        if chain.is_empty() {
-            return Err(format!(
-                "--tls-cert {}: no certificate in the file",
-                cert.display()
-            ));
-        }
+        let chain =
+            certificates(cert).map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
         let key = PrivateKeyDer::from_pem_file(key)
             .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
+        let config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
