@@ -908,11 +908,7 @@ fn is_tls_record(first: &[u8]) -> bool {
 /// The first line of what a server said, safe to print, and short enough for an error line.
 fn first_line(bytes: &[u8]) -> String {
     let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
-    String::from_utf8_lossy(line)
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(120)
-        .collect()
+    crate::text::clean(line).chars().take(120).collect()
 }
 
 /// A name as rustls-webpki reports a certificate's names (`DnsName("localhost")`,
