@@ -62,10 +62,7 @@ impl Directory {
     /// Gives a client a new guest name (its own was lost); returns its old name.
     pub fn to_guest(&mut self, id: ClientId) -> Option<String> {
         let new = self.next_guest_name();
-        let old = self.names.insert(id, new.clone())?;
-        self.by_name.remove(&old.to_ascii_lowercase());
-        self.by_name.insert(new, id);
-        Some(old)
+        self.set_name(id, new)
     }
 
     fn next_guest_name(&mut self) -> String {
@@ -113,13 +110,17 @@ impl Directory {
     /// Renames a client (`new`, and the suffix if names are qualified), or says why not (the
     /// line to send it). Returns the old name.
     pub fn rename(&mut self, id: ClientId, new: &str) -> Result<String, String> {
-        let new = &self.check(id, new)?;
-        let old = &self.names[&id];
+        let new = self.check(id, new)?;
         // The new name is reserved before anyone hears of it.
-        self.by_name.remove(&old.to_ascii_lowercase());
+        Ok(self.set_name(id, new).expect("checked above"))
+    }
+
+    /// Gives a client with a name another one; returns the old.
+    fn set_name(&mut self, id: ClientId, new: String) -> Option<String> {
+        let name = self.names.get_mut(&id)?;
+        self.by_name.remove(&name.to_ascii_lowercase());
         self.by_name.insert(new.to_ascii_lowercase(), id);
-        let name = self.names.get_mut(&id).expect("checked above");
-        Ok(std::mem::replace(name, new.to_owned()))
+        Some(std::mem::replace(name, new))
     }
 
     pub fn name(&self, id: ClientId) -> Option<&str> {
