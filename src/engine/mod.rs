@@ -270,9 +270,10 @@ impl<S: Socket> Engine<S> {
         let bucket = (self.config.rate > 0).then(|| Bucket::new(self.config.rate, now));
         // With the web door open, or TLS, a connection is greeted only once it is known not to
         // be a browser's request or a TLS handshake (see `Config::greet_wait`).
-        let codec = match (&self.config.web, &self.config.tls) {
-            (None, None) => Codec::Line(LineCodec::new(self.config.max_line)),
-            _ => Codec::Unsure,
+        let codec = if self.config.greet_wait().is_zero() {
+            Codec::Line(LineCodec::new(self.config.max_line))
+        } else {
+            Codec::Unsure
         };
         let peer = Peer::new(
             socket,
@@ -297,6 +298,13 @@ impl<S: Socket> Engine<S> {
 
     fn tls_only(&self) -> bool {
         self.config.tls.as_ref().is_some_and(|t| t.only)
+    }
+
+    /// A connection that has said nothing by its greeting time is greeted as a line client:
+    /// quietly where a browser may have opened it and never used it.
+    fn greet_silent(&mut self, key: usize) {
+        let quiet = self.config.web.is_some();
+        self.greet(key, quiet);
     }
 
     /// A connection that has sent nothing (`quiet`), or something that is no web request, is a
@@ -516,11 +524,7 @@ impl<S: Socket> Engine<S> {
                 Timer::RateResume => self.resume(key),
                 Timer::Idle => self.check_idle(key),
                 Timer::Linger => self.check_linger(key),
-                Timer::Greet => {
-                    // Quiet only where a browser may have opened it and never use it.
-                    let quiet = self.config.web.is_some();
-                    self.greet(key, quiet);
-                }
+                Timer::Greet => self.greet_silent(key),
                 Timer::Handshake => self.handshake_over(key),
             }
         }
@@ -680,9 +684,8 @@ impl<S: Socket> Engine<S> {
             .filter(|(_, p)| matches!(p.codec, Codec::Unsure))
             .map(|(key, _)| key)
             .collect();
-        let quiet = self.config.web.is_some();
         for key in unsure {
-            self.greet(key, quiet);
+            self.greet_silent(key);
         }
         self.deliveries.push(Delivery {
             to: To::All,
