@@ -326,8 +326,7 @@ fn run_tcp<T: Transport>(
     let stdin = spawn_stdin_reader(Cut::Reads, Arc::clone(&waker))?;
 
     if let Some(nick) = nick {
-        conn.out
-            .extend_from_slice(format!("/nick {nick}\n").as_bytes());
+        conn.send_nick(nick);
     }
     let mut ask = nick.is_none() && io::stdin().is_terminal();
 
@@ -343,8 +342,7 @@ fn run_tcp<T: Transport>(
         if ask && !conn.transport.is_handshaking() {
             ask = false;
             if let Some(nick) = ask_nick(&stdin, &mut conn.stdin_done)? {
-                conn.out
-                    .extend_from_slice(format!("/nick {nick}\n").as_bytes());
+                conn.send_nick(&nick);
             }
             continue;
         }
@@ -372,6 +370,12 @@ fn run_tcp<T: Transport>(
 }
 
 impl<T: Transport> Conn<T> {
+    /// Asks the server for the name given on the command line or at the prompt.
+    fn send_nick(&mut self, nick: &str) {
+        self.out
+            .extend_from_slice(format!("/nick {nick}\n").as_bytes());
+    }
+
     /// Moves stdin into the output queue while it has room. Called every turn, not only on
     /// wake events: a wake that came while the queue was full is not repeated. Returns whether
     /// it stopped for lack of room (more stdin may be waiting).
