@@ -673,6 +673,8 @@ impl<S: Socket> Engine<S> {
         log::info!("shutting down");
         self.shutdown_at = Some(now + LINGER);
         if let Some(bus) = self.bus.as_mut() {
+            // What the goodbye's write finds (the link lost, say) is left unsaid: everyone is
+            // about to be told that this server stops.
             let mut news = News::default();
             bus.bye(now, &mut news);
         }
