@@ -312,7 +312,10 @@ impl Run {
                 self.note(|| format!("console {line:?}"));
                 let was_stopping = self.engine.is_stopping();
                 self.call += 1;
-                self.engine.console(line.as_bytes(), self.now);
+                // `/shutdown`: the engine says so, and the server begins it.
+                if self.engine.console(line.as_bytes(), self.now) {
+                    self.engine.begin_shutdown(self.now);
+                }
                 self.after(Call::Other, was_stopping);
             }
             11 => {
